@@ -1,0 +1,3 @@
+"""SoftHebb: Hebbian deep learning without feedback."""
+
+__version__ = "0.1.0"

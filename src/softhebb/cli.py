@@ -1,0 +1,92 @@
+"""Command line: ``softhebb train | eval | presets``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from .data import DATA_ENV, DATASETS, DatasetError
+from .network import PresetError, get_preset, list_presets
+from .run import RunConfig, RunError, evaluate_run, run
+
+DEFAULT_PRESET = {"mnist": "SoftHebbCnnMNIST", "fashion-mnist": "SoftHebbCnnMNIST", "cifar10": "4SoftHebbCnnCIFAR"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="softhebb", description="SoftHebb: Hebbian deep learning without feedback. "
+                                "Train a network without labels, then measure it with a linear probe.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="Hebbian phase + linear probe + test accuracy; writes a run directory",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Train the Hebbian layers of a preset without labels (one epoch by default), "
+                       "then a dropout + linear classifier on the frozen features, and report test accuracy.")
+    t.add_argument("--dataset", default="mnist", choices=sorted(DATASETS), help="dataset to train and test on")
+    t.add_argument("--preset", default=None, help="network preset (see `softhebb presets`); default: "
+                   + ", ".join(f"{k}: {v}" for k, v in DEFAULT_PRESET.items()))
+    t.add_argument("--mode", default="successive", choices=["successive", "simultaneous"],
+                   help="successive: train Hebbian layers one after another (the paper); simultaneous: all in one pass")
+    t.add_argument("--seed", type=int, default=0, help="sets the initial weights, data order and dropout masks")
+    t.add_argument("--hebb-epochs", type=int, default=1, help="Hebbian epochs per layer (0 = random untrained features)")
+    t.add_argument("--hebb-batch", type=int, default=10, help="Hebbian batch size")
+    t.add_argument("--probe-epochs", type=int, default=50, help="linear-probe epochs")
+    t.add_argument("--probe-batch", type=int, default=64, help="linear-probe batch size")
+    t.add_argument("--probe-lr", type=float, default=1e-3, help="linear-probe Adam learning rate (halved on the paper's schedule)")
+    t.add_argument("--eval-every", type=int, default=10, help="evaluate on the test set every N probe epochs (and the last)")
+    t.add_argument("--train-limit", type=int, default=None, help="use a seeded random subset of N training images")
+    t.add_argument("--test-limit", type=int, default=None, help="use a seeded random subset of N test images")
+    t.add_argument("--data-dir", default=None, help=f"data root (default: ${DATA_ENV}, else ~/.cache/softhebb/data)")
+    t.add_argument("--out", default=None, help="run directory (default: runs/<dataset>-<preset>-s<seed>)")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    t.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
+    t.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    e = sub.add_parser("eval", help="test accuracy of a saved run", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.add_argument("run_dir", help="a run directory written by `softhebb train`")
+    e.add_argument("--dataset", default=None, choices=sorted(DATASETS), help="dataset to test on (default: the run's own)")
+    e.add_argument("--data-dir", default=None, help=f"data root (default: ${DATA_ENV}, else ~/.cache/softhebb/data)")
+    e.add_argument("--limit", type=int, default=None, help="evaluate on a seeded subset of N test images")
+    e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+
+    pr = sub.add_parser("presets", help="list the network presets")
+    pr.add_argument("name", nargs="?", help="show one preset in full")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "presets":
+            if args.name:
+                print(json.dumps(get_preset(args.name), indent=2))
+            else:
+                for name in list_presets():
+                    print(f"{name:34s} {get_preset(name).get('description', '')}")
+            return 0
+        if args.command == "eval":
+            print(json.dumps(evaluate_run(args.run_dir, args.dataset, args.data_dir, args.device, args.limit), indent=2))
+            return 0
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        preset = args.preset or DEFAULT_PRESET[args.dataset]
+        cfg = RunConfig(preset=preset, dataset=args.dataset, mode=args.mode, seed=args.seed, hebb_epochs=args.hebb_epochs,
+                        hebb_batch=args.hebb_batch, probe_epochs=args.probe_epochs, probe_batch=args.probe_batch,
+                        probe_lr=args.probe_lr, eval_every=args.eval_every, train_limit=args.train_limit,
+                        test_limit=args.test_limit, device=args.device)
+        out = Path(args.out or f"runs/{args.dataset}-{get_preset(preset)['name']}-s{args.seed}")
+        result = run(cfg, out, args.data_dir, overwrite=args.overwrite, progress=not args.no_progress)
+        print(f"test accuracy {result['test_acc']:.2f} %  ({result['preset']} on {result['dataset']}, seed {result['seed']}); "
+              f"wall {result['seconds']['total']:.0f} s; run directory {out}")
+        return 0
+    except (DatasetError, PresetError, RunError) as e:
+        print(f"softhebb: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

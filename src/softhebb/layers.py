@@ -1,0 +1,301 @@
+"""Hebbian layers you can drop into any PyTorch model, plus the activations the paper uses.
+
+A Hebbian layer learns while it is in training mode (``layer.train()``) and ``layer.plastic``
+is true: each forward adds its local Hebbian sums, and ``layer.step()`` applies the
+normalised update — like ``loss.backward()`` then ``optimizer.step()``, but without labels or
+gradients. The weights are buffers, so no optimizer or autograd ever touches them, while
+gradients still flow *through* the layer to its input (useful for attacks and visualisation).
+
+    >>> import torch
+    >>> from softhebb import HebbianConv2d
+    >>> layer = HebbianConv2d(3, 16, kernel_size=5, padding=2, t_invert=1.0, lr=0.08)
+    >>> u = layer(torch.rand(10, 3, 32, 32))   # forward accumulates Σỹx and Σỹu
+    >>> layer.step()                            # w += η·Δw/max|Δw|
+    True
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import plasticity as P
+
+PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
+SCHEDULES = ("radius", "linear")
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+def _pair(v: int | tuple[int, int], name: str) -> tuple[int, int]:
+    t = (v, v) if isinstance(v, int) else tuple(int(a) for a in v)
+    _check(len(t) == 2, f"{name} must be an int or a pair of ints, got {v!r}")
+    return t  # type: ignore[return-value]
+
+
+class _HebbianLayer(nn.Module):
+    """Shared state and update logic of the Hebbian conv and linear layers."""
+
+    r1_tolerance: float
+
+    def __init__(
+        self,
+        weight_shape: tuple[int, ...],
+        groups: int,
+        rule: str,
+        t_invert: float,
+        lr: float,
+        lr_schedule: str,
+        power_lr: float,
+        radius: float,
+        init: str,
+    ) -> None:
+        super().__init__()
+        _check(rule in P.RULES, f"rule must be one of {P.RULES}, got {rule!r}")
+        _check(lr_schedule in SCHEDULES, f"lr_schedule must be one of {SCHEDULES}, got {lr_schedule!r}")
+        _check(t_invert > 0 and math.isfinite(t_invert), f"t_invert must be a positive number, got {t_invert!r}")
+        _check(lr >= 0 and math.isfinite(lr), f"lr must be >= 0, got {lr!r}")
+        _check(power_lr >= 0 and math.isfinite(power_lr), f"power_lr must be >= 0, got {power_lr!r}")
+        _check(radius > 0 and math.isfinite(radius), f"radius must be > 0, got {radius!r}")
+        _check(init in ("normal", "uniform"), f"init must be 'normal' or 'uniform', got {init!r}")
+        self.rule, self.t_invert, self.groups = rule, float(t_invert), groups
+        self.lr, self.lr_schedule, self.power_lr = float(lr), lr_schedule, float(power_lr)
+        self.radius_init, self.init = float(radius), init
+        self.plastic = True
+        self.total_updates: float | None = None  # length of the linear-decay schedule; None = constant
+        self.register_buffer("weight", P.init_weight(weight_shape, radius, init))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        k = weight_shape[0]
+        # Monitoring counters live on the device so reading them never syncs per batch.
+        self.register_buffer("win_counts", torch.zeros(k), persistent=False)
+        self.register_buffer("winner_y_sum", torch.zeros(()), persistent=False)
+        self._yx: torch.Tensor | None = None
+        self._yu: torch.Tensor | None = None
+
+    # -- learning -------------------------------------------------------------------------
+    def _hebbian_terms(self, x: torch.Tensor, y: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def _accumulate(self, x: torch.Tensor, u: torch.Tensor) -> None:
+        y, winner = P.post_synaptic(u, self.rule, self.t_invert, self.groups)
+        yx, yu = self._hebbian_terms(x, y, u)
+        if self._yx is None:
+            self._yx, self._yu = yx, yu
+        else:
+            self._yx += yx
+            self._yu += yu
+        per_group = self.weight.shape[0] // self.groups
+        offset = torch.arange(self.groups, device=u.device).view(1, self.groups, *([1] * (winner.dim() - 2))) * per_group
+        self.win_counts += torch.bincount((winner + offset).flatten(), minlength=self.weight.shape[0]).to(self.win_counts)
+        self.winner_y_sum += y.reshape(winner.shape[0], self.groups, per_group, *winner.shape[3:]).gather(2, winner).abs().sum()
+
+    @property
+    def pending(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The accumulated (Σỹx, Σỹu) since the last step; data-parallel training all-reduces these."""
+        return None if self._yx is None else (self._yx, self._yu)  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def step(self) -> bool:
+        """Apply w_k += η_k·Δw_k with Δw normalised by its layer-wide max-abs. Returns False if nothing was accumulated."""
+        if self._yx is None:
+            return False
+        dw = P.delta_weight(self._yx, self._yu, self.weight, self.groups)
+        rate = self.learning_rate().to(dw.dtype)
+        self.weight.add_(dw * rate.view(-1, *([1] * (dw.dim() - 1))))
+        self.num_updates += 1
+        self._yx = self._yu = None
+        return True
+
+    def zero_pending(self) -> None:
+        """Discard accumulated sums without updating (e.g. after a forward that should not learn)."""
+        self._yx = self._yu = None
+
+    # -- monitoring -----------------------------------------------------------------------
+    def learning_rate(self) -> torch.Tensor:
+        """Per-neuron rate η_k for the next update."""
+        if self.lr_schedule == "radius":
+            return P.radius_rate(self.weight, self.lr, self.power_lr)
+        rate = self.lr if self.total_updates is None else P.linear_decay_rate(self.lr, int(self.num_updates), self.total_updates)
+        return torch.full((self.weight.shape[0],), rate, device=self.weight.device)
+
+    def radius(self) -> torch.Tensor:
+        """‖w_k‖ of every neuron."""
+        return P.neuron_norms(self.weight)
+
+    def convergence(self) -> float:
+        """mean_k |‖w_k‖ − 1|: 0 when every neuron has reached the unit sphere."""
+        return float((self.radius() - 1).abs().mean())
+
+    def r1(self) -> int:
+        """Number of neurons whose norm is within the R1 tolerance of 1 (the paper's "R1 features")."""
+        return int(((self.radius() - 1).abs() < self.r1_tolerance).sum())
+
+    def winner_share(self) -> float:
+        """Mean |ỹ| of the winner since the last reset; 1 − this is the anti-Hebbian share."""
+        n = float(self.win_counts.sum())
+        return float(self.winner_y_sum) / n if n else float("nan")
+
+    def win_fraction(self) -> torch.Tensor:
+        """Fraction of competitions each neuron won since the last reset."""
+        return self.win_counts / self.win_counts.sum().clamp(min=1)
+
+    def reset_stats(self) -> None:
+        self.win_counts.zero_()
+        self.winner_y_sum.zero_()
+
+    def stats(self) -> dict[str, float]:
+        """Monitoring quantities as plain numbers (one host sync)."""
+        r = self.radius()
+        return {
+            "radius_mean": float(r.mean()), "radius_std": float(r.std()) if r.numel() > 1 else 0.0,
+            "convergence": float((r - 1).abs().mean()), "r1": int(((r - 1).abs() < self.r1_tolerance).sum()),
+            "winner_share": self.winner_share(), "lr_mean": float(self.learning_rate().mean()),
+        }
+
+    def _hebb_repr(self) -> str:
+        return f"rule={self.rule}, t_invert={self.t_invert:g}, lr={self.lr:g}, lr_schedule={self.lr_schedule}, power_lr={self.power_lr:g}"
+
+
+class HebbianConv2d(_HebbianLayer):
+    """Conv2d trained by a local Hebbian rule with (soft) winner-take-all across output channels.
+
+    Competition runs independently at every output position (and within each group).
+    ``padding_mode`` defaults to "reflect", as in every paper preset; the padded input is
+    also what the plasticity sees.
+    """
+
+    r1_tolerance = 1e-2
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        padding_mode: str = "reflect",
+        rule: str = "softhebb",
+        t_invert: float = 1.0,
+        lr: float = 0.01,
+        lr_schedule: str = "radius",
+        power_lr: float = 0.5,
+        radius: float = 25.0,
+        init: str = "normal",
+        pre_triangle: bool = False,
+    ) -> None:
+        ks, st, pd, dl = (_pair(kernel_size, "kernel_size"), _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation"))
+        _check(in_channels > 0 and out_channels > 0, f"in_channels and out_channels must be > 0, got {in_channels} and {out_channels}")
+        _check(groups > 0 and in_channels % groups == 0 and out_channels % groups == 0,
+               f"groups={groups} must divide in_channels={in_channels} and out_channels={out_channels}")
+        _check(min(ks) > 0 and min(st) > 0 and min(dl) > 0 and min(pd) >= 0,
+               f"kernel_size, stride, dilation must be > 0 and padding >= 0, got {ks}, {st}, {dl}, {pd}")
+        _check(padding_mode in PADDING_MODES, f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        super().__init__((out_channels, in_channels // groups, *ks), groups, rule, t_invert, lr, lr_schedule, power_lr, radius, init)
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding, self.dilation = ks, st, pd, dl
+        self.padding_mode, self.pre_triangle = padding_mode, pre_triangle
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = P.pad_input(x, self.padding, self.padding_mode)
+        u = F.conv2d(x, self.weight.to(x.dtype), None, self.stride, 0, self.dilation, self.groups)
+        if self.pre_triangle:
+            u = triangle(u, 1.0)
+        if self.training and self.plastic:
+            self._accumulate(x, u)
+        return u
+
+    def _hebbian_terms(self, x: torch.Tensor, y: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return P.hebbian_terms_conv(x, y, u, self.weight.shape, self.stride, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, padding_mode={self.padding_mode}, "
+                f"{self._hebb_repr()}, pre_triangle={self.pre_triangle}")
+
+
+class HebbianLinear(_HebbianLayer):
+    """Linear layer trained by the same Hebbian rule, with competition across its outputs."""
+
+    r1_tolerance = 5e-3
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        rule: str = "softhebb",
+        t_invert: float = 10.0,
+        lr: float = 0.05,
+        lr_schedule: str = "radius",
+        power_lr: float = 0.2,
+        radius: float = 10.0,
+        init: str = "uniform",
+    ) -> None:
+        _check(in_features > 0 and out_features > 0, f"in_features and out_features must be > 0, got {in_features} and {out_features}")
+        super().__init__((out_features, in_features), 1, rule, t_invert, lr, lr_schedule, power_lr, radius, init)
+        self.in_features, self.out_features = in_features, out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u = x @ self.weight.to(x.dtype).t()
+        if self.training and self.plastic:
+            self._accumulate(x, u)
+        return u
+
+    def _hebbian_terms(self, x: torch.Tensor, y: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return P.hebbian_terms_linear(x, y, u)
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, {self._hebb_repr()}"
+
+
+def triangle(x: torch.Tensor, power: float = 1.0) -> torch.Tensor:
+    """relu(x − mean over channels)^power, with the mean treated as a constant for gradients."""
+    out = F.relu(x - x.mean(dim=1, keepdim=True).detach())
+    return out if power == 1.0 else out.pow(power)
+
+
+class Triangle(nn.Module):
+    """The paper's activation: centre across channels, rectify, raise to ``power``."""
+
+    def __init__(self, power: float = 1.0) -> None:
+        super().__init__()
+        _check(power > 0, f"triangle power must be > 0, got {power}")
+        self.power = float(power)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return triangle(x, self.power)
+
+    def extra_repr(self) -> str:
+        return f"power={self.power:g}"
+
+
+class ChannelSoftmax(nn.Module):
+    """softmax(β·x) across channels (the MNIST MLP's ``softmax_5`` output)."""
+
+    def __init__(self, beta: float = 1.0) -> None:
+        super().__init__()
+        self.beta = float(beta)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.beta * x, dim=1)
+
+    def extra_repr(self) -> str:
+        return f"beta={self.beta:g}"
+
+
+def hebbian_layers(module: nn.Module) -> list[_HebbianLayer]:
+    """All Hebbian layers inside ``module``, in registration order."""
+    return [m for m in module.modules() if isinstance(m, _HebbianLayer)]
+
+
+def hebbian_step(module: nn.Module) -> int:
+    """Apply the pending update of every Hebbian layer in ``module``; returns how many moved."""
+    return sum(layer.step() for layer in hebbian_layers(module))

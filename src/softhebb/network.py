@@ -1,0 +1,238 @@
+"""Networks built from declarative presets (the JSON files in ``softhebb/presets``).
+
+A preset is a list of hidden blocks plus a classifier head:
+
+    block      = [BatchNorm (non-affine)] → layer → [activation] → [pool]
+    classifier = flatten → dropout → linear
+
+Block fields (defaults in ``CONV_DEFAULTS`` / ``LINEAR_DEFAULTS``): ``type`` conv|linear,
+``rule`` softhebb|soft|hard|bp, ``out``, ``kernel``, ``stride``, ``padding``, ``dilation``,
+``groups``, ``padding_mode``, ``t_invert``, ``lr``, ``lr_schedule`` radius|linear,
+``power_lr``, ``radius``, ``pre_triangle``, ``bn``, ``activation`` (``triangle_P``, ``relu``,
+``softmax_B`` or null) and ``pool`` (``max|avg_kernel_stride_padding`` or null).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .layers import ChannelSoftmax, HebbianConv2d, HebbianLinear, Triangle, _HebbianLayer
+
+CONV_DEFAULTS: dict[str, Any] = dict(
+    rule="softhebb", kernel=3, stride=1, padding=0, dilation=1, groups=1, padding_mode="reflect",
+    t_invert=96.0, lr=0.009, lr_schedule="radius", power_lr=0.75, radius=25.0, pre_triangle=False,
+    bn=True, activation=None, pool=None,
+)
+LINEAR_DEFAULTS: dict[str, Any] = dict(
+    rule="softhebb", t_invert=10.0, lr=0.05, lr_schedule="radius", power_lr=0.2, radius=10.0,
+    bn=False, activation=None,
+)
+CLASSIFIER_DEFAULTS: dict[str, Any] = dict(dropout=0.5)
+
+
+class PresetError(ValueError):
+    """A preset name or field that does not exist or has a wrong value."""
+
+
+@lru_cache(maxsize=None)
+def _registry() -> dict[str, dict]:
+    presets: dict[str, dict] = {}
+    for f in sorted(resources.files("softhebb").joinpath("presets").iterdir(), key=lambda p: p.name):
+        if f.name.endswith(".json"):
+            for name, spec in json.loads(f.read_text()).items():
+                if name.startswith("_"):
+                    continue
+                if name in presets:
+                    raise PresetError(f"preset {name!r} is defined twice (second time in {f.name})")
+                presets[name] = {**spec, "source": f.name}
+    return presets
+
+
+def list_presets() -> list[str]:
+    """Names of every shipped preset."""
+    return sorted(_registry())
+
+
+def get_preset(name: str) -> dict:
+    """A resolved copy of a preset (block defaults filled in); names are case-insensitive."""
+    reg = _registry()
+    match = {k.lower(): k for k in reg}.get(name.lower())
+    if match is None:
+        close = difflib.get_close_matches(name, list(reg), n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise PresetError(f"unknown preset {name!r}.{hint} Run `softhebb presets` to list all {len(reg)} presets.")
+    return resolve_preset({**copy.deepcopy(reg[match]), "name": match})
+
+
+def resolve_preset(spec: dict) -> dict:
+    """Fill block defaults and validate field names, so every saved config is explicit."""
+    if not isinstance(spec.get("blocks"), list):
+        raise PresetError(f"preset {spec.get('name', '?')!r}: 'blocks' must be a list of block objects")
+    blocks = []
+    for i, b in enumerate(spec["blocks"]):
+        kind = b.get("type")
+        if kind not in ("conv", "linear"):
+            raise PresetError(f"preset {spec.get('name', '?')!r} block {i}: 'type' must be 'conv' or 'linear', got {kind!r}")
+        defaults = CONV_DEFAULTS if kind == "conv" else LINEAR_DEFAULTS
+        unknown = set(b) - set(defaults) - {"type", "out"}
+        if unknown:
+            raise PresetError(f"preset {spec.get('name', '?')!r} block {i}: unknown field(s) {sorted(unknown)}; "
+                              f"allowed: {sorted(set(defaults) | {'type', 'out'})}")
+        if not isinstance(b.get("out"), int) or b["out"] <= 0:
+            raise PresetError(f"preset {spec.get('name', '?')!r} block {i}: 'out' must be a positive int, got {b.get('out')!r}")
+        blocks.append({**defaults, **b})
+    head = {**CLASSIFIER_DEFAULTS, **spec.get("classifier", {})}
+    return {k: v for k, v in spec.items() if k not in ("blocks", "classifier")} | {"blocks": blocks, "classifier": head}
+
+
+def _parse_pool(pool: str | None) -> nn.Module | None:
+    if pool is None:
+        return None
+    try:
+        kind, k, s, p = pool.split("_")
+        k, s, p = int(k), int(s), int(p)
+    except ValueError:
+        raise PresetError(f"pool must look like 'max_4_2_1' (type_kernel_stride_padding), got {pool!r}") from None
+    if kind == "max":
+        return nn.MaxPool2d(k, s, p)
+    if kind == "avg":
+        return nn.AvgPool2d(k, s, p)
+    raise PresetError(f"pool type must be 'max' or 'avg', got {kind!r} in {pool!r}")
+
+
+def _parse_activation(act: str | None) -> nn.Module | None:
+    if act is None:
+        return None
+    name, _, param = act.partition("_")
+    if name == "triangle":
+        return Triangle(float(param) if param else 1.0)
+    if name == "relu":
+        return nn.ReLU()
+    if name == "softmax":
+        return ChannelSoftmax(float(param) if param else 1.0)
+    raise PresetError(f"activation must be triangle[_P], relu or softmax[_B], got {act!r}")
+
+
+def _conv_out(n: int, k: int, s: int, p: int, d: int = 1) -> int:
+    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+
+
+def block_output_shape(block: dict, in_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape after one resolved block, computed without building it (big presets stay cheap)."""
+    if block["type"] == "linear":
+        return (block["out"],)
+    if len(in_shape) != 3:
+        raise PresetError(f"a conv block needs a (C, H, W) input, got shape {in_shape}")
+    _, h, w = in_shape
+    h, w = (_conv_out(n, block["kernel"], block["stride"], block["padding"], block["dilation"]) for n in (h, w))
+    if block["pool"]:
+        _, k, s, p = block["pool"].split("_")
+        h, w = (_conv_out(n, int(k), int(s), int(p)) for n in (h, w))
+    if h <= 0 or w <= 0:
+        raise PresetError(f"input of shape {in_shape} is too small for this block: its output would be {h}×{w}")
+    return (block["out"], h, w)
+
+
+def feature_shapes(preset: dict, in_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Output shape of every hidden block; the last one's product is the classifier input size."""
+    shapes, shape = [], tuple(in_shape)
+    for i, b in enumerate(preset["blocks"]):
+        try:
+            shape = block_output_shape(b, shape)
+        except PresetError as e:
+            raise PresetError(f"preset {preset.get('name', '?')!r} on input {tuple(in_shape)}, block {i}: {e}") from None
+        shapes.append(shape)
+    return shapes
+
+
+class Block(nn.Module):
+    """[BatchNorm] → layer → [activation] → [pool]. ``pre`` and ``post`` are exposed so that the
+    Hebbian phase can stop right after ``layer`` when training it."""
+
+    def __init__(self, cfg: dict, in_shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.cfg = cfg
+        pre: list[nn.Module] = []
+        if cfg["type"] == "conv":
+            c = in_shape[0]
+            if cfg["bn"]:
+                pre.append(nn.BatchNorm2d(c, affine=False))
+            common = dict(stride=cfg["stride"], padding=cfg["padding"], dilation=cfg["dilation"], groups=cfg["groups"],
+                          padding_mode=cfg["padding_mode"])
+            if cfg["rule"] == "bp":
+                self.layer: nn.Module = nn.Conv2d(c, cfg["out"], cfg["kernel"], bias=False, **common)
+            else:
+                self.layer = HebbianConv2d(c, cfg["out"], cfg["kernel"], **common, **self._hebb_args(cfg), pre_triangle=cfg["pre_triangle"])
+        else:
+            n = 1
+            for s in in_shape:
+                n *= s
+            pre.append(nn.Flatten())
+            if cfg["bn"]:
+                pre.append(nn.BatchNorm1d(n, affine=False))
+            self.layer = nn.Linear(n, cfg["out"], bias=False) if cfg["rule"] == "bp" else HebbianLinear(n, cfg["out"], **self._hebb_args(cfg))
+        self.pre = nn.Sequential(*pre)
+        self.post = nn.Sequential(*[m for m in (_parse_activation(cfg["activation"]), _parse_pool(cfg.get("pool"))) if m is not None])
+
+    @staticmethod
+    def _hebb_args(cfg: dict) -> dict:
+        return dict(rule=cfg["rule"], t_invert=cfg["t_invert"], lr=cfg["lr"], lr_schedule=cfg["lr_schedule"],
+                    power_lr=cfg["power_lr"], radius=cfg["radius"], init="normal" if cfg["bn"] else "uniform")
+
+    @property
+    def hebbian(self) -> bool:
+        return isinstance(self.layer, _HebbianLayer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.post(self.layer(self.pre(x)))
+
+
+class SoftHebbNet(nn.Module):
+    """Hidden blocks (Hebbian or backprop) followed by a dropout + linear classifier."""
+
+    def __init__(self, preset: dict, in_shape: tuple[int, int, int], num_classes: int) -> None:
+        super().__init__()
+        self.preset, self.in_shape, self.num_classes = preset, tuple(in_shape), num_classes
+        shapes = feature_shapes(preset, in_shape)
+        self.blocks = nn.ModuleList(Block(b, s) for b, s in zip(preset["blocks"], [tuple(in_shape)] + shapes[:-1]))
+        self.feature_shape = shapes[-1] if shapes else tuple(in_shape)
+        n_features = 1
+        for s in self.feature_shape:
+            n_features *= s
+        self.dropout = nn.Dropout(preset["classifier"]["dropout"])
+        self.classifier = nn.Linear(n_features, num_classes)
+
+    @property
+    def num_features(self) -> int:
+        return self.classifier.in_features
+
+    def hebbian_block_indices(self) -> list[int]:
+        return [i for i, b in enumerate(self.blocks) if b.hebbian]
+
+    def features(self, x: torch.Tensor, depth: int | None = None) -> torch.Tensor:
+        """Output of the first ``depth`` blocks (all of them by default)."""
+        for block in self.blocks[:depth]:
+            x = block(x)
+        return x
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.dropout(features.flatten(1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def build_model(preset: str | dict, in_shape: tuple[int, int, int], num_classes: int, seed: int | None = None) -> SoftHebbNet:
+    """Build a network from a preset name or a preset dict; ``seed`` fixes the initial weights."""
+    spec = get_preset(preset) if isinstance(preset, str) else resolve_preset(preset)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return SoftHebbNet(spec, in_shape, num_classes)

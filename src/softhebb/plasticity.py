@@ -1,0 +1,131 @@
+"""The SoftHebb plasticity rule as pure functions (reference §1.3–1.5).
+
+Every function here works on plain tensors so that the rule can be tested against
+per-patch loops and reused outside the layers in `softhebb.layers`.
+
+Shapes: ``u`` and ``y`` are (N, K) for a linear layer or (N, K, H, W) for a conv layer;
+competition always runs over dim 1 (the K output neurons), within each of ``groups``
+equal-sized groups of neurons.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+RULES = ("softhebb", "soft", "hard")
+"""Competition variants: ``softhebb`` = soft WTA with anti-Hebbian non-winners (the paper's
+"softkrotov" mode 0), ``soft`` = soft WTA without anti-Hebbian, ``hard`` = hard WTA."""
+
+RATE_EPS = 1e-10  # keeps the radius-dependent rate non-zero at norm exactly 1 (as the original)
+NORM_EPS = 1e-30  # guards the max-abs normalisation of an all-zero update
+
+
+def _grouped(u: torch.Tensor, groups: int) -> torch.Tensor:
+    """View (N, K, ...) as (N, G, K/G, ...) so competition runs within groups."""
+    n, k = u.shape[:2]
+    return u.reshape(n, groups, k // groups, *u.shape[2:])
+
+
+def post_synaptic(u: torch.Tensor, rule: str, t_invert: float, groups: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """ỹ, the signed post-synaptic factor that enters the update, and the winning neurons.
+
+    softhebb: y = softmax(t_invert·u); ỹ = +y at the argmax neuron, −y everywhere else.
+    soft:     ỹ = softmax(t_invert·u).
+    hard:     ỹ = one-hot(argmax u).
+
+    Returns (ỹ shaped like u, winner index within its group shaped (N, G, 1, ...)).
+    """
+    if rule not in RULES:
+        raise ValueError(f"unknown rule {rule!r}; expected one of {RULES}")
+    ug = _grouped(u, groups)
+    winner = ug.argmax(dim=2, keepdim=True)
+    if rule == "hard":
+        y = torch.zeros_like(ug).scatter_(2, winner, 1.0)
+    else:
+        y = torch.softmax(ug * t_invert, dim=2)
+        if rule == "softhebb":
+            top = y.gather(2, winner)
+            y = y.neg_().scatter_(2, winner, top)
+    return y.reshape(u.shape), winner
+
+
+def hebbian_terms_conv(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    u: torch.Tensor,
+    weight_shape: Sequence[int],
+    stride: int | tuple[int, int] = 1,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ ỹ·x, Σ ỹ·u) for a conv layer, summed over batch and output positions.
+
+    ``x`` is the already padded input. Σ ỹ·x is exactly the convolution weight-gradient of
+    Σ ỹ·conv(x, W), so the library's weight-gradient kernel computes it (instead of the
+    original's transposed-convolution trick, reference §1.8).
+    """
+    yx = torch.nn.grad.conv2d_weight(x, weight_shape, y, stride=stride, padding=0, dilation=dilation, groups=groups)
+    yu = (y * u).sum(dim=(0, 2, 3))
+    return yx, yu
+
+
+def hebbian_terms_linear(x: torch.Tensor, y: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Σ ỹ·x, Σ ỹ·u) for a linear layer, summed over the batch."""
+    return y.t() @ x, (y * u).sum(dim=0)
+
+
+def delta_weight(yx: torch.Tensor, yu: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """Δw = Σỹx − (Σỹu)·w, divided by its max-abs over the whole layer (per group for conv).
+
+    After this, the largest element of Δw (of each group) has magnitude exactly 1.
+    """
+    dw = yx - yu.view(-1, *([1] * (weight.dim() - 1))) * weight
+    g = dw.view(groups, -1)
+    return (g / (g.abs().amax(dim=1, keepdim=True) + NORM_EPS)).view_as(weight)
+
+
+def neuron_norms(weight: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """‖w_k‖_p of each neuron's flattened weight vector (the paper's "radius")."""
+    return torch.linalg.vector_norm(weight.flatten(1), ord=p, dim=1)
+
+
+def radius_rate(weight: torch.Tensor, lr: float, power: float, p: float = 2.0) -> torch.Tensor:
+    """Per-neuron rate η_k = lr₀·(|‖w_k‖−1| + 1e−10)^power: it anneals as a neuron reaches the unit sphere."""
+    return lr * ((neuron_norms(weight, p) - 1).abs() + RATE_EPS) ** power
+
+
+def linear_decay_rate(lr: float, step: int, total_steps: float) -> float:
+    """Global rate lr₀·max(0, 1 − t/T): reaches 0 at the end of the Hebbian phase (T updates)."""
+    return lr * max(0.0, 1.0 - step / total_steps)
+
+
+def init_weight(shape: Sequence[int], radius: float, distribution: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Initial weights whose per-neuron norm is about ``radius`` (reference §1.7, p = 2).
+
+    normal:  N(0, (r/√n)²) — used when the block has a BatchNorm.
+    uniform: U[0, r·√(3/n)) — used otherwise (e.g. the MNIST MLP).
+    """
+    fan_in = 1
+    for s in shape[1:]:
+        fan_in *= s
+    if distribution == "normal":
+        return torch.randn(*shape, generator=generator) * (radius / fan_in**0.5)
+    if distribution == "uniform":
+        return torch.rand(*shape, generator=generator) * (radius * (3.0 / fan_in) ** 0.5)
+    raise ValueError(f"unknown init distribution {distribution!r}; expected 'normal' or 'uniform'")
+
+
+def _pair(v: int | Sequence[int]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def pad_input(x: torch.Tensor, padding: tuple[int, int], mode: str) -> torch.Tensor:
+    """Explicit padding, so that the plasticity sees exactly the input the conv saw."""
+    if padding == (0, 0):
+        return x
+    ph, pw = padding
+    mode = "constant" if mode == "zeros" else mode
+    return F.pad(x, (pw, pw, ph, ph), mode=mode)

@@ -1,0 +1,229 @@
+"""The learning rule against slow, obviously-correct per-patch reference loops."""
+
+import itertools
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from softhebb import plasticity as P
+from softhebb.layers import HebbianConv2d, HebbianLinear
+
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Exact comparisons with the loops need double precision; restore the default after."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
+def ref_post_synaptic(u, rule, t, groups):
+    """ỹ position by position, group by group, with explicit loops."""
+    y = torch.zeros_like(u)
+    n, k = u.shape[:2]
+    kg = k // groups
+    for idx in itertools.product(range(n), *[range(s) for s in u.shape[2:]]):
+        for g in range(groups):
+            vals = [u[(idx[0], g * kg + j, *idx[1:])].item() for j in range(kg)]
+            win = max(range(kg), key=lambda j: vals[j])
+            exps = [math.exp(t * v - t * max(vals)) for v in vals]
+            for j in range(kg):
+                soft = exps[j] / sum(exps)
+                if rule == "hard":
+                    val = 1.0 if j == win else 0.0
+                elif rule == "soft":
+                    val = soft
+                else:
+                    val = soft if j == win else -soft
+                y[(idx[0], g * kg + j, *idx[1:])] = val
+    return y
+
+
+def ref_conv_delta(x, w, stride, padding, dilation, groups, padding_mode, rule, t):
+    """Δw (before normalisation) with a loop over every output position and patch."""
+    ph, pw = padding
+    mode = "constant" if padding_mode == "zeros" else padding_mode
+    xp = F.pad(x, (pw, pw, ph, ph), mode=mode) if (ph or pw) else x
+    k_out, c_in_g, kh, kw = w.shape
+    kg = k_out // groups
+    n, _, hp, wp = xp.shape
+    ho = (hp - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (wp - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    u = torch.zeros(n, k_out, ho, wo)
+    patches = {}
+    for b, i, j in itertools.product(range(n), range(ho), range(wo)):
+        for k in range(k_out):
+            g = k // kg
+            patch = xp[b, g * c_in_g:(g + 1) * c_in_g,
+                       i * stride[0]: i * stride[0] + dilation[0] * (kh - 1) + 1: dilation[0],
+                       j * stride[1]: j * stride[1] + dilation[1] * (kw - 1) + 1: dilation[1]]
+            patches[b, k, i, j] = patch
+            u[b, k, i, j] = (patch * w[k]).sum()
+    y = ref_post_synaptic(u, rule, t, groups)
+    dw = torch.zeros_like(w)
+    for (b, k, i, j), patch in patches.items():
+        dw[k] += y[b, k, i, j] * (patch - u[b, k, i, j] * w[k])
+    return u, y, dw
+
+
+CONV_CASES = [
+    # stride, padding, dilation, groups, padding_mode
+    ((1, 1), (1, 1), (1, 1), 1, "reflect"),
+    ((2, 2), (2, 2), (1, 1), 1, "zeros"),
+    ((1, 2), (0, 1), (2, 1), 1, "replicate"),
+    ((2, 1), (1, 1), (1, 2), 2, "reflect"),
+    ((3, 3), (0, 0), (1, 1), 3, "zeros"),  # stride that does not divide the input
+]
+
+
+@pytest.mark.parametrize("rule", P.RULES)
+@pytest.mark.parametrize("stride,padding,dilation,groups,padding_mode", CONV_CASES)
+def test_conv_update_matches_per_patch_reference(rule, stride, padding, dilation, groups, padding_mode):
+    torch.manual_seed(0)
+    layer = HebbianConv2d(6, 6, kernel_size=3, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                          padding_mode=padding_mode, rule=rule, t_invert=0.7, lr=0.1, radius=2.0)
+    layer.weight = layer.weight.double()
+    x = torch.rand(2, 6, 8, 9)
+    w0 = layer.weight.clone()
+    u = layer(x)
+    u_ref, y_ref, dw_ref = ref_conv_delta(x, w0, stride, padding, dilation, groups, padding_mode, rule, 0.7)
+    torch.testing.assert_close(u, u_ref)
+    yx, yu = layer.pending
+    torch.testing.assert_close(yx - yu.view(-1, 1, 1, 1) * w0, dw_ref)
+    # normalisation per group, then the per-neuron rate
+    expected = torch.cat([g / g.abs().max() for g in dw_ref.chunk(groups)])
+    rate = layer.learning_rate()
+    layer.step()
+    torch.testing.assert_close(layer.weight, w0 + rate.view(-1, 1, 1, 1) * expected)
+
+
+@pytest.mark.parametrize("rule", P.RULES)
+def test_linear_update_matches_reference(rule):
+    torch.manual_seed(1)
+    layer = HebbianLinear(7, 5, rule=rule, t_invert=3.0, lr=0.05, radius=1.5)
+    layer.weight = layer.weight.double()
+    x = torch.rand(4, 7)
+    w0 = layer.weight.clone()
+    u = layer(x)
+    y = ref_post_synaptic(u, rule, 3.0, 1)
+    dw = torch.zeros_like(w0)
+    for n in range(4):
+        for k in range(5):
+            dw[k] += y[n, k] * (x[n] - u[n, k] * w0[k])
+    rate = layer.learning_rate()
+    layer.step()
+    torch.testing.assert_close(layer.weight, w0 + rate.view(-1, 1) * dw / dw.abs().max())
+
+
+def test_post_synaptic_matches_reference_with_groups():
+    u = torch.randn(3, 8, 2, 2)
+    for rule in P.RULES:
+        y, _ = P.post_synaptic(u, rule, 2.0, groups=2)
+        torch.testing.assert_close(y, ref_post_synaptic(u, rule, 2.0, 2))
+
+
+def test_exactly_one_positive_per_position_with_anti_hebbian():
+    u = torch.randn(4, 16, 5, 5) * 3
+    y, _ = P.post_synaptic(u, "softhebb", 1.0)
+    assert ((y > 0).sum(dim=1) == 1).all()
+    # ỹ sums to 2·y_max − 1 at every position (reference §10.3)
+    soft = torch.softmax(u, dim=1)
+    torch.testing.assert_close(y.sum(dim=1), 2 * soft.amax(dim=1) - 1)
+    # the positive entry sits at argmax u
+    assert (y.argmax(dim=1) == u.argmax(dim=1)).all()
+
+
+def test_normalised_update_has_max_abs_one():
+    layer = HebbianConv2d(3, 8, 3, padding=1)
+    layer(torch.rand(5, 3, 10, 10))
+    yx, yu = layer.pending
+    dw = P.delta_weight(yx, yu, layer.weight)
+    assert dw.abs().max().item() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_radius_rate_formula():
+    w = torch.zeros(3, 4)
+    w[0, 0] = 1.0  # norm exactly 1
+    w[1, :] = 2.0  # norm 4
+    w[2, 0] = 0.5  # norm 0.5
+    rate = P.radius_rate(w, lr=0.08, power=0.5)
+    torch.testing.assert_close(rate, torch.tensor([0.08 * 1e-10**0.5, 0.08 * 3**0.5, 0.08 * 0.5**0.5]))
+
+
+def test_linear_decay_schedule_reaches_zero():
+    layer = HebbianLinear(4, 3, lr=0.2, lr_schedule="linear")
+    layer.total_updates = 4
+    rates = []
+    for _ in range(6):
+        rates.append(float(layer.learning_rate()[0]))
+        layer(torch.rand(2, 4))
+        layer.step()
+    assert rates == pytest.approx([0.2, 0.15, 0.1, 0.05, 0.0, 0.0])
+
+
+def test_initial_norms_are_about_the_radius():
+    conv = HebbianConv2d(384, 64, 3, radius=25.0)
+    assert conv.radius().mean().item() == pytest.approx(25.0, rel=0.02)
+    lin = HebbianLinear(784, 200, radius=35.0, init="uniform")
+    assert lin.radius().mean().item() == pytest.approx(35.0, rel=0.02)
+    assert lin.weight.min() >= 0
+
+
+@pytest.mark.parametrize("rule", P.RULES)
+def test_weight_norms_move_toward_one_on_a_stream(rule):
+    torch.manual_seed(0)
+    layer = HebbianConv2d(3, 8, 3, padding=1, rule=rule, t_invert=1.0, lr=0.05, radius=4.0)
+    start = layer.convergence()
+    for _ in range(200):
+        layer(torch.randn(8, 3, 8, 8))
+        layer.step()
+    assert layer.convergence() < 0.5 * start
+    assert layer.num_updates.item() == 200
+
+
+def test_no_learning_in_eval_mode_or_when_frozen():
+    layer = HebbianConv2d(3, 4, 3)
+    w0 = layer.weight.clone()
+    layer.eval()
+    layer(torch.rand(2, 3, 6, 6))
+    assert not layer.step()
+    layer.train()
+    layer.plastic = False
+    layer(torch.rand(2, 3, 6, 6))
+    assert not layer.step()
+    assert torch.equal(layer.weight, w0)
+
+
+def test_gradients_flow_to_input_but_not_to_weights():
+    layer = HebbianConv2d(3, 4, 3, padding=1)
+    layer.eval()
+    x = torch.rand(1, 3, 6, 6, requires_grad=True)
+    layer(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert list(layer.parameters()) == []
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(in_channels=0, out_channels=4, kernel_size=3), "must be > 0"),
+    (dict(in_channels=3, out_channels=4, kernel_size=3, groups=2), "groups=2 must divide"),
+    (dict(in_channels=3, out_channels=4, kernel_size=3, rule="krotov"), "rule must be one of"),
+    (dict(in_channels=3, out_channels=4, kernel_size=3, lr=-1.0), "lr must be >= 0"),
+    (dict(in_channels=3, out_channels=4, kernel_size=3, t_invert=0.0), "t_invert must be a positive"),
+    (dict(in_channels=3, out_channels=4, kernel_size=3, padding_mode="mirror"), "padding_mode must be one of"),
+])
+def test_bad_hyperparameters_give_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        HebbianConv2d(**kwargs)
+
+
+def test_monitoring_counts_wins_and_winner_share():
+    layer = HebbianConv2d(3, 6, 3, groups=3, rule="softhebb")
+    layer(torch.rand(2, 3, 5, 5))
+    assert layer.win_counts.sum().item() == 2 * 3 * 3 * 3  # batch · groups · positions
+    assert 1 / 2 <= layer.winner_share() <= 1.0
+    s = layer.stats()
+    assert set(s) >= {"radius_mean", "convergence", "r1", "winner_share", "lr_mean"}
