@@ -291,6 +291,36 @@ class ChannelSoftmax(nn.Module):
         return f"beta={self.beta:g}"
 
 
+class Dropout(nn.Module):
+    """nn.Dropout with a much faster mask for p = 0.5, the paper's classifier default.
+
+    torch's CPU Bernoulli sampler costs ~16 ns per element, which dominated the linear probe on
+    24,576-dim features. With p = 0.5 every random bit is an exact Bernoulli(0.5) draw, so one
+    random byte yields eight mask entries (expanded through a 256-row lookup table). Other p use
+    F.dropout. The distribution is the same as nn.Dropout's; the random stream differs.
+    """
+
+    def __init__(self, p: float = 0.5) -> None:
+        super().__init__()
+        _check(0.0 <= p < 1.0, f"dropout p must be in [0, 1), got {p}")
+        self.p = float(p)
+        bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
+        self.register_buffer("_table", bits.float() * 2.0, persistent=False)  # kept entries scaled by 1/(1−p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if self.p != 0.5:
+            return F.dropout(x, self.p, True)
+        n = x.numel()
+        rand = torch.empty((n + 7) // 8, dtype=torch.uint8, device=x.device).random_()
+        mask = self._table.to(x.dtype)[rand.long()].view(-1)[:n].view_as(x)
+        return x * mask
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:g}"
+
+
 def hebbian_layers(module: nn.Module) -> list[_HebbianLayer]:
     """All Hebbian layers inside ``module``, in registration order."""
     return [m for m in module.modules() if isinstance(m, _HebbianLayer)]

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .layers import ChannelSoftmax, HebbianConv2d, HebbianLinear, Triangle, _HebbianLayer
+from .layers import ChannelSoftmax, Dropout, HebbianConv2d, HebbianLinear, Triangle, _HebbianLayer
 
 CONV_DEFAULTS: dict[str, Any] = dict(
     rule="softhebb", kernel=3, stride=1, padding=0, dilation=1, groups=1, padding_mode="reflect",
@@ -93,19 +93,22 @@ def resolve_preset(spec: dict) -> dict:
     return {k: v for k, v in spec.items() if k not in ("blocks", "classifier")} | {"blocks": blocks, "classifier": head}
 
 
-def _parse_pool(pool: str | None) -> nn.Module | None:
-    if pool is None:
-        return None
+def _pool_params(pool: str) -> tuple[str, int, int, int]:
     try:
         kind, k, s, p = pool.split("_")
         k, s, p = int(k), int(s), int(p)
     except ValueError:
         raise PresetError(f"pool must look like 'max_4_2_1' (type_kernel_stride_padding), got {pool!r}") from None
-    if kind == "max":
-        return nn.MaxPool2d(k, s, p)
-    if kind == "avg":
-        return nn.AvgPool2d(k, s, p)
-    raise PresetError(f"pool type must be 'max' or 'avg', got {kind!r} in {pool!r}")
+    if kind not in ("max", "avg"):
+        raise PresetError(f"pool type must be 'max' or 'avg', got {kind!r} in {pool!r}")
+    return kind, k, s, p
+
+
+def _parse_pool(pool: str | None) -> nn.Module | None:
+    if pool is None:
+        return None
+    kind, k, s, p = _pool_params(pool)
+    return nn.MaxPool2d(k, s, p) if kind == "max" else nn.AvgPool2d(k, s, p)
 
 
 def _parse_activation(act: str | None) -> nn.Module | None:
@@ -134,8 +137,8 @@ def block_output_shape(block: dict, in_shape: tuple[int, ...]) -> tuple[int, ...
     _, h, w = in_shape
     h, w = (_conv_out(n, block["kernel"], block["stride"], block["padding"], block["dilation"]) for n in (h, w))
     if block["pool"]:
-        _, k, s, p = block["pool"].split("_")
-        h, w = (_conv_out(n, int(k), int(s), int(p)) for n in (h, w))
+        _, k, s, p = _pool_params(block["pool"])
+        h, w = (_conv_out(n, k, s, p) for n in (h, w))
     if h <= 0 or w <= 0:
         raise PresetError(f"input of shape {in_shape} is too small for this block: its output would be {h}×{w}")
     return (block["out"], h, w)
@@ -207,7 +210,7 @@ class SoftHebbNet(nn.Module):
         n_features = 1
         for s in self.feature_shape:
             n_features *= s
-        self.dropout = nn.Dropout(preset["classifier"]["dropout"])
+        self.dropout = Dropout(preset["classifier"]["dropout"])
         self.classifier = nn.Linear(n_features, num_classes)
 
     @property

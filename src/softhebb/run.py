@@ -102,17 +102,21 @@ def _subset(ds_images: torch.Tensor, labels: torch.Tensor, limit: int | None, se
 
 
 def prepare_run_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to silently overwrite: a finished run is kept unless ``overwrite`` is given."""
+    """Refuse to silently overwrite: a used directory is kept unless ``overwrite`` is given.
+
+    Nothing is created here; the directory appears with the first file, after the data loaded.
+    """
     if out.exists() and not out.is_dir():
         raise RunError(f"output path {out} exists and is not a directory")
     if out.exists() and any(out.iterdir()) and not overwrite:
         state = "a finished run" if (out / "result.json").exists() else "files from an unfinished run"
         raise RunError(f"output directory {out} already holds {state}; choose another --out or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK):
-        raise RunError(f"output directory {out} is not writable")
-    for name in ("result.json", "metrics.jsonl", "model.safetensors", "config.json"):
-        (out / name).unlink(missing_ok=True)
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not os.access(existing, os.W_OK):
+        raise RunError(f"cannot write the run directory {out}: {existing} is not writable")
+    if out.exists():
+        for name in ("result.json", "metrics.jsonl", "model.safetensors", "config.json"):
+            (out / name).unlink(missing_ok=True)
 
 
 def save_model(model: SoftHebbNet, path: Path, config: dict) -> None:
@@ -176,7 +180,7 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
               "torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
               "machine": platform.machine(), "python": platform.python_version()}
     atomic_write(out / "config.json", json.dumps(config, indent=2))
-    metrics = open(out / "metrics.jsonl", "a")
+    metrics = open(out / "metrics.jsonl", "w")
 
     def log(row: dict) -> None:
         metrics.write(json.dumps(row) + "\n")

@@ -1,0 +1,112 @@
+"""Presets build the paper's architectures (reference §3.2–3.3)."""
+
+import math
+
+import pytest
+import torch
+
+from softhebb.layers import HebbianConv2d, HebbianLinear, Triangle
+from softhebb.network import PresetError, build_model, feature_shapes, get_preset, list_presets
+
+CIFAR, STL, IMNET, MNIST = (3, 32, 32), (3, 96, 96), (3, 160, 160), (1, 28, 28)
+
+# classifier input sizes from reference §3.2
+CLASSIFIER_INPUTS = [
+    ("2SoftHebbCnnCIFAR", CIFAR, 24576), ("3SoftHebbCnnCIFAR", CIFAR, 24576), ("4SoftHebbCnnCIFAR", CIFAR, 24576),
+    ("4SoftHebbCnnSTL", STL, 221184), ("5SoftHebbCnnSTL", STL, 221184), ("5SoftHebbCnnSTL", IMNET, 614400),
+    ("3HardCnnCIFAR", CIFAR, 18816), ("3HardCnnCIFAR", STL, 203136), ("4HardCnnCIFAR", CIFAR, 6144),
+    ("4HardCnnCIFAR", IMNET, 497664), ("6SoftHebbCnnImNet", IMNET, 307200), ("6HardCnnImNet", IMNET, 307200),
+    ("6CnnImNet", IMNET, 307200), ("2SoftHebbCnnImNet", MNIST, 9408), ("4SoftHebbCnnCIFAR", MNIST, 13824),
+    ("5SoftHebbCnnSTL", MNIST, 6144), ("3SoftHebbCnnCIFAR_wf2", CIFAR, 12288), ("3SoftHebbCnnCIFAR_wf1", CIFAR, 6144),
+    ("4SoftHebbCnnCIFAR_wf2", CIFAR, 6144), ("4SoftHebbCnnCIFAR_wf1", CIFAR, 1536),
+    ("4SoftHebbCnnCIFAR_halfNeurons", CIFAR, 12288), ("4SoftHebbCnnCIFAR_doubleNeurons", CIFAR, 49152),
+    ("4SoftHebbCnnCIFAR_quarterNeurons", CIFAR, 6144), ("2SoftMlpMNIST", MNIST, 2000), ("SoftHebbCnnMNIST", MNIST, 18816),
+]
+
+
+@pytest.mark.parametrize("name,shape,n", CLASSIFIER_INPUTS)
+def test_classifier_input_sizes(name, shape, n):
+    assert math.prod(feature_shapes(get_preset(name), shape)[-1]) == n
+
+
+def test_every_preset_resolves_and_all_paper_families_exist():
+    names = list_presets()
+    assert len(names) >= 40
+    for name in names:
+        assert get_preset(name)["blocks"]
+    for family in ("SoftHebbCnnCIFAR", "HardCnnCIFAR", "CnnCIFAR", "SoftHebbCnnSTL", "SoftHebbCnnImNet", "HardCnnImNet", "CnnImNet"):
+        assert any(n[1:] == family for n in names), family
+
+
+def test_six_layer_imagenet_collapses_on_mnist_with_a_clear_error():
+    with pytest.raises(PresetError, match="block 4"):
+        feature_shapes(get_preset("6SoftHebbCnnImNet"), MNIST)
+
+
+def test_cifar_headline_network_matches_reference_table():
+    model = build_model("4SoftHebbCnnCIFAR", CIFAR, 10, seed=0)
+    convs = [b.layer for b in model.blocks]
+    assert [c.weight.shape for c in convs] == [(96, 3, 5, 5), (384, 96, 3, 3), (1536, 384, 3, 3)]
+    assert [c.t_invert for c in convs] == [1.0, 0.65, 0.25]
+    assert [c.lr for c in convs] == [0.08, 0.005, 0.01]
+    assert all(isinstance(c, HebbianConv2d) and c.rule == "softhebb" and c.padding_mode == "reflect" for c in convs)
+    assert all(not b.pre[0].affine for b in model.blocks)
+    assert [b.post[0].power for b in model.blocks] == [0.7, 1.4, 1.0]
+    assert [type(b.post[1]).__name__ for b in model.blocks] == ["MaxPool2d", "MaxPool2d", "AvgPool2d"]
+    # init std r/√n (reference §1.7): 2.887, 0.8505, 0.4253
+    for c, std in zip(convs, (2.887, 0.8505, 0.4253)):
+        assert c.weight.std().item() == pytest.approx(std, rel=0.05)
+    assert model.classifier.in_features == 24576 and model.dropout.p == 0.5
+    assert model(torch.rand(2, *CIFAR)).shape == (2, 10)
+
+
+def test_depth_series_quirks_are_kept():
+    two = get_preset("3SoftHebbCnnCIFAR")["blocks"]
+    assert two[0]["pool"] == "avg_4_2_1" and two[1]["pre_triangle"] is True
+    three = get_preset("4SoftHebbCnnCIFAR")["blocks"]
+    assert three[0]["pool"] == "max_4_2_1" and three[1]["pre_triangle"] is False
+
+
+def test_mnist_mlp_preset():
+    model = build_model("2SoftMlpMNIST", MNIST, 10, seed=0)
+    layer = model.blocks[0].layer
+    assert isinstance(layer, HebbianLinear) and layer.rule == "soft" and layer.weight.shape == (2000, 784)
+    assert layer.weight.min() >= 0 and layer.weight.max() < 35 * (3 / 784) ** 0.5  # uniform init without BN
+    assert model.dropout.p == 0.0
+    assert torch.allclose(model.features(torch.rand(3, *MNIST)).sum(1), torch.ones(3))  # softmax_5 output
+
+
+def test_backprop_presets_use_trainable_convs():
+    model = build_model("4CnnCIFAR", CIFAR, 10, seed=0)
+    assert model.hebbian_block_indices() == []
+    assert model.blocks[2].layer.groups == 192 and model.blocks[2].layer.bias is None
+    assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_same_seed_same_weights():
+    a = build_model("2SoftHebbCnnCIFAR", CIFAR, 10, seed=3).state_dict()
+    b = build_model("2SoftHebbCnnCIFAR", CIFAR, 10, seed=3).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("spec,match", [
+    ({"blocks": [{"type": "conv", "out": 4, "kernal": 3}]}, "unknown field"),
+    ({"blocks": [{"type": "dense", "out": 4}]}, "'type' must be"),
+    ({"blocks": [{"type": "conv", "out": 0}]}, "'out' must be a positive int"),
+    ({"blocks": [{"type": "conv", "out": 4, "pool": "max_4_2"}]}, "pool must look like"),
+    ({"blocks": [{"type": "conv", "out": 4, "activation": "gelu"}]}, "activation must be"),
+])
+def test_bad_presets_give_clear_errors(spec, match):
+    with pytest.raises(PresetError, match=match):
+        build_model(spec, CIFAR, 10)
+
+
+def test_unknown_preset_suggests_close_names():
+    with pytest.raises(PresetError, match="Did you mean 4SoftHebbCnnCIFAR"):
+        get_preset("4SoftHebbCnnCIFR")
+    assert get_preset("4softhebbcnncifar")["name"] == "4SoftHebbCnnCIFAR"
+
+
+def test_triangle():
+    x = torch.tensor([[[[1.0]], [[2.0]], [[6.0]]]])  # mean 3 over channels
+    torch.testing.assert_close(Triangle(2.0)(x).flatten(), torch.tensor([0.0, 0.0, 9.0]))

@@ -1,0 +1,108 @@
+"""End to end on real MNIST, the CLI round trip, and clear errors for bad input."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from softhebb.cli import main
+from softhebb.run import RunConfig, RunError, load_run, run
+
+
+def test_hebbian_features_beat_random_features_on_real_mnist(data_root, tmp_path):
+    """The core claim on a slice of real MNIST: one label-free Hebbian epoch improves the features."""
+    common = dict(preset="2SoftHebbCnnCIFAR", dataset="mnist", train_limit=10000, test_limit=2000, probe_epochs=5,
+                  eval_every=5, seed=0)
+    trained = run(RunConfig(**common), tmp_path / "hebb", data_root, progress=False, echo=False)
+    random = run(RunConfig(**common, hebb_epochs=0), tmp_path / "random", data_root, progress=False, echo=False)
+    assert trained["test_acc"] > random["test_acc"] + 0.5, (trained["test_acc"], random["test_acc"])
+    assert trained["test_acc"] > 95
+
+
+def test_cli_train_then_eval_round_trip(data_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--dataset", "mnist", "--preset", "2SoftHebbCnnCIFAR", "--train-limit", "300", "--test-limit", "200",
+            "--probe-epochs", "2", "--data-dir", str(data_root), "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    result = json.loads((out / "result.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert config["preset"]["name"] == "2SoftHebbCnnCIFAR" and config["run"]["seed"] == 0
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["phase"] for r in rows] == ["hebbian", "probe", "probe"]
+    capsys.readouterr()
+    assert main(["eval", str(out), "--data-dir", str(data_root), "--limit", "200", "--device", "cpu"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["test_acc"] == pytest.approx(result["test_acc"])
+    # Python API: the saved network loads (safetensors + config) with trained Hebbian weights
+    model, _ = load_run(out)
+    assert model.blocks[0].layer.num_updates.item() == 30
+    # A finished run is never silently overwritten ...
+    assert main(args) == 2
+    assert "already holds a finished run" in capsys.readouterr().err
+    assert json.loads((out / "result.json").read_text()) == result
+    # ... unless asked.
+    assert main(args + ["--overwrite"]) == 0
+
+
+def test_unknown_preset_is_a_clear_error(capsys):
+    assert main(["train", "--preset", "4SoftHebbCnnCIFR", "--dataset", "cifar10"]) == 2
+    assert "Did you mean 4SoftHebbCnnCIFAR" in capsys.readouterr().err
+
+
+def test_wrong_data_root_names_the_missing_file(tmp_path, capsys, monkeypatch):
+    import urllib.request
+
+    def offline(*a, **k):
+        raise OSError("offline")
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    assert main(["train", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "train-images-idx3-ubyte" in err and "md5" in err
+    assert not (tmp_path / "o").exists()  # nothing created for a run that could not start
+
+
+def test_corrupt_file_names_file_and_expected_checksum(data_root, tmp_path, capsys):
+    root = tmp_path / "data"
+    shutil.copytree(data_root / "mnist", root / "mnist")
+    bad = root / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    bad.chmod(0o644)
+    import gzip
+    raw = bytearray(gzip.decompress(bad.read_bytes()))
+    raw[100] = (raw[100] + 1) % 10  # a wrong label, valid format
+    bad.write_bytes(gzip.compress(bytes(raw)))
+    assert main(["train", "--data-dir", str(root), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "t10k-labels-idx1-ubyte" in err and "sha256" in err
+
+
+def test_bad_config_values_are_rejected():
+    with pytest.raises(RunError, match="'hebb_batch'"):
+        RunConfig(hebb_batch=0)
+    with pytest.raises(RunError, match="'dataset'"):
+        RunConfig(dataset="imagenet-21k")
+
+
+def test_load_run_refuses_non_runs(tmp_path):
+    with pytest.raises(RunError, match="not a finished softhebb run"):
+        load_run(tmp_path)
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"\x80\x04not safetensors")
+    with pytest.raises(RunError):
+        load_run(tmp_path)
+
+
+def test_presets_command_lists_and_shows(capsys):
+    assert main(["presets"]) == 0
+    listing = capsys.readouterr().out
+    assert "4SoftHebbCnnCIFAR" in listing and "SoftHebbCnnMNIST" in listing
+    assert main(["presets", "4SoftHebbCnnCIFAR"]) == 0
+    assert json.loads(capsys.readouterr().out)["blocks"][2]["out"] == 1536
+
+
+def test_cuda_request_without_cuda_is_clear():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    from softhebb.run import resolve_device
+    with pytest.raises(RunError, match="CUDA is not available"):
+        resolve_device("cuda")

@@ -1,0 +1,103 @@
+"""Hebbian phase schedules, the probe, and the dropout used by the classifier head."""
+
+import pytest
+import torch
+
+from softhebb.layers import Dropout
+from softhebb.network import build_model
+from softhebb.train import extract_features, hebbian_phase, step_lr_milestones, train_probe
+
+TINY = {"name": "tiny", "blocks": [
+    {"type": "conv", "out": 8, "kernel": 3, "padding": 1, "t_invert": 1, "lr": 0.05, "power_lr": 0.5, "radius": 5,
+     "activation": "triangle_1", "pool": "max_4_2_1"},
+    {"type": "conv", "out": 16, "kernel": 3, "padding": 1, "t_invert": 0.5, "lr": 0.02, "power_lr": 0.5, "radius": 5,
+     "activation": "triangle_1", "pool": "avg_2_2_0"}]}
+
+
+def images(n=60, seed=0):
+    return torch.randint(0, 256, (n, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_step_lr_milestones_match_the_original_schedule():
+    assert step_lr_milestones(50) == [10, 17, 25, 30, 35, 40, 45]
+    assert step_lr_milestones(100) == [20, 35, 50, 60, 70, 80, 90]
+    assert step_lr_milestones(200) == [40, 70, 100, 120, 140, 160, 180]
+    assert step_lr_milestones(19) == []
+    assert step_lr_milestones(30) == [15, 22]
+
+
+def test_successive_trains_each_block_once_and_never_touches_earlier_blocks_again():
+    x = images()
+    a = build_model(TINY, (3, 12, 12), 10, seed=0)
+    hebbian_phase(a, x, "successive", batch_size=10, seed=1, progress=False)
+    assert [b.layer.num_updates.item() for b in a.blocks] == [6, 6]
+    # Same start, but block 1 frozen: block 0 must end identical, so block 1's stage never changed it.
+    b = build_model(TINY, (3, 12, 12), 10, seed=0)
+    b.blocks[1].layer.plastic = False
+    hebbian_phase(b, x, "successive", batch_size=10, seed=1, progress=False)
+    assert torch.equal(a.blocks[0].layer.weight, b.blocks[0].layer.weight)
+    assert not torch.equal(a.blocks[1].layer.weight, b.blocks[1].layer.weight)
+    # Each BatchNorm tracked statistics only during its own block's epoch: 6 batches each.
+    assert [blk.pre[0].num_batches_tracked.item() for blk in a.blocks] == [6, 6]
+    assert not a.training
+
+
+def test_simultaneous_trains_all_blocks_in_one_pass_with_pre_update_weights():
+    x = images(20)
+    model = build_model(TINY, (3, 12, 12), 10, seed=0)
+    ref = build_model(TINY, (3, 12, 12), 10, seed=0)
+    hebbian_phase(model, x, "simultaneous", batch_size=10, seed=1, progress=False)
+    # Reference: a plain loop over the same order, stepping every layer after one full forward.
+    order = torch.randperm(20, generator=torch.Generator().manual_seed(1))
+    ref.train()
+    with torch.no_grad():
+        for idx in order.split(10):
+            ref.features(x[idx].float() / 255)
+            for blk in ref.blocks:
+                blk.layer.step()
+    for m, r in zip(model.blocks, ref.blocks):
+        torch.testing.assert_close(m.layer.weight, r.layer.weight)
+        torch.testing.assert_close(m.pre[0].running_mean, r.pre[0].running_mean)
+
+
+def test_random_baseline_keeps_batchnorm_at_identity():
+    model = build_model(TINY, (3, 12, 12), 10, seed=0)
+    hebbian_phase(model, images(), epochs=0, progress=False)
+    for blk in model.blocks:
+        assert torch.equal(blk.pre[0].running_mean, torch.zeros_like(blk.pre[0].running_mean))
+        assert torch.equal(blk.pre[0].running_var, torch.ones_like(blk.pre[0].running_var))
+
+
+def test_hebbian_phase_is_deterministic_for_a_seed():
+    x = images()
+    runs = []
+    for _ in range(2):
+        m = build_model(TINY, (3, 12, 12), 10, seed=4)
+        hebbian_phase(m, x, batch_size=10, seed=4, progress=False)
+        runs.append(extract_features(m, x))
+    assert torch.equal(*runs)
+
+
+def test_probe_learns_a_separable_problem():
+    torch.manual_seed(0)
+    model = build_model(TINY, (3, 12, 12), 3, seed=0)
+    centers = torch.randn(3, model.num_features) * 3
+    y = torch.randint(0, 3, (600,))
+    f = centers[y] + torch.randn(600, model.num_features)
+    res = train_probe(model, f[:500], y[:500], f[500:], y[500:], epochs=5, batch_size=32, progress=False)
+    assert res["test_acc"] > 95
+
+
+def test_fast_dropout_keeps_half_and_rescales():
+    d = Dropout(0.5).train()
+    x = torch.ones(64, 1001, requires_grad=True)
+    out = d(x)
+    assert set(out.unique().tolist()) <= {0.0, 2.0}
+    assert abs((out > 0).float().mean().item() - 0.5) < 0.01
+    out.sum().backward()
+    assert torch.equal(x.grad, out.detach())  # gradient flows through kept entries only
+    assert torch.equal(d.eval()(x), x)
+    d4 = Dropout(0.4).train()
+    assert abs((d4(torch.ones(100000)) > 0).float().mean().item() - 0.6) < 0.01
+    with pytest.raises(ValueError, match="dropout p"):
+        Dropout(1.0)
