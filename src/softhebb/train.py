@@ -30,10 +30,10 @@ def _batches(order: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
         yield order[start:start + batch_size]
 
 
-def _progress(total: int, desc: str, enabled: bool) -> tqdm:
+def _progress(total: int, desc: str, enabled: bool, unit: str = "img") -> tqdm:
     tty = sys.stderr.isatty()
-    return tqdm(total=total, desc=desc, disable=not enabled, mininterval=0.5 if tty else 30, unit="img", unit_scale=True,
-                leave=tty, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, disable=not enabled, mininterval=0.5 if tty else 30, unit=unit,
+                unit_scale=unit == "img", leave=tty, dynamic_ncols=True)
 
 
 def hebbian_phase(
@@ -155,7 +155,7 @@ def train_probe(
     torch.manual_seed(seed)  # dropout masks
     n = train_features.shape[0]
     result: dict[str, float] = {}
-    with _progress(epochs, "probe", progress) as bar:
+    with _progress(epochs, "probe", progress, unit="epoch") as bar:
         for epoch in range(1, epochs + 1):
             model.dropout.train()
             head.train()
