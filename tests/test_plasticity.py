@@ -101,6 +101,18 @@ def test_conv_update_matches_per_patch_reference(rule, stride, padding, dilation
     torch.testing.assert_close(layer.weight, w0 + rate.view(-1, 1, 1, 1) * expected)
 
 
+@pytest.mark.parametrize("method", ["kernel", "gemm"])
+@pytest.mark.parametrize("stride,padding,dilation,groups,padding_mode", CONV_CASES)
+def test_both_yx_methods_match_the_reference(method, stride, padding, dilation, groups, padding_mode):
+    torch.manual_seed(2)
+    w = torch.randn(6, 6 // groups, 3, 3)
+    x = torch.rand(2, 6, 8, 9)
+    u, y, dw_ref = ref_conv_delta(x, w, stride, padding, dilation, groups, padding_mode, "softhebb", 0.7)
+    xp = P.pad_input(x, padding, padding_mode)
+    yx, yu = P.hebbian_terms_conv(xp, y, u, w.shape, stride, dilation, groups, method=method)
+    torch.testing.assert_close(yx - yu.view(-1, 1, 1, 1) * w, dw_ref)
+
+
 @pytest.mark.parametrize("rule", P.RULES)
 def test_linear_update_matches_reference(rule):
     torch.manual_seed(1)

@@ -60,14 +60,31 @@ def hebbian_terms_conv(
     stride: int | tuple[int, int] = 1,
     dilation: int | tuple[int, int] = 1,
     groups: int = 1,
+    method: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(Σ ỹ·x, Σ ỹ·u) for a conv layer, summed over batch and output positions.
 
-    ``x`` is the already padded input. Σ ỹ·x is exactly the convolution weight-gradient of
-    Σ ỹ·conv(x, W), so the library's weight-gradient kernel computes it (instead of the
-    original's transposed-convolution trick, reference §1.8).
+    ``x`` is the already padded input. Σ ỹ·x is the convolution weight-gradient of
+    Σ ỹ·conv(x, W), not the original's transposed-convolution trick (reference §1.8).
+    ``method`` "kernel" uses the library's weight-gradient kernel; "gemm" multiplies ỹ with the
+    unfolded input patches. "auto" takes "gemm" when there are fewer patch positions (N·L)
+    than neurons — deep layers with small maps, where the kernel ran at about half the speed
+    (384→1536 3×3 on 8×8 at batch 10 on CPU: 70 ms vs 41 ms) — and "kernel" otherwise.
     """
-    yx = torch.nn.grad.conv2d_weight(x, weight_shape, y, stride=stride, padding=0, dilation=dilation, groups=groups)
+    k_out, c_in_g, kh, kw = weight_shape
+    n = x.shape[0]
+    length = u.shape[2] * u.shape[3]
+    if method == "auto":
+        method = "gemm" if n * length < k_out else "kernel"
+    if method == "kernel":
+        yx = torch.nn.grad.conv2d_weight(x, weight_shape, y, stride=stride, padding=0, dilation=dilation, groups=groups)
+    elif method == "gemm":
+        patches = F.unfold(x, (kh, kw), dilation=dilation, stride=stride)  # (N, C·kh·kw, L), C-major like W
+        patches = patches.view(n, groups, c_in_g * kh * kw, length).permute(1, 0, 3, 2).reshape(groups, n * length, -1)
+        yg = y.reshape(n, groups, k_out // groups, length).permute(1, 2, 0, 3).reshape(groups, k_out // groups, n * length)
+        yx = torch.bmm(yg, patches).view(weight_shape)
+    else:
+        raise ValueError(f"method must be 'auto', 'kernel' or 'gemm', got {method!r}")
     yu = (y * u).sum(dim=(0, 2, 3))
     return yx, yu
 
@@ -116,10 +133,6 @@ def init_weight(shape: Sequence[int], radius: float, distribution: str, generato
     if distribution == "uniform":
         return torch.rand(*shape, generator=generator) * (radius * (3.0 / fan_in) ** 0.5)
     raise ValueError(f"unknown init distribution {distribution!r}; expected 'normal' or 'uniform'")
-
-
-def _pair(v: int | Sequence[int]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def pad_input(x: torch.Tensor, padding: tuple[int, int], mode: str) -> torch.Tensor:
