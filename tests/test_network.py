@@ -20,7 +20,7 @@ CLASSIFIER_INPUTS = [
     ("5SoftHebbCnnSTL", MNIST, 6144), ("3SoftHebbCnnCIFAR_wf2", CIFAR, 12288), ("3SoftHebbCnnCIFAR_wf1", CIFAR, 6144),
     ("4SoftHebbCnnCIFAR_wf2", CIFAR, 6144), ("4SoftHebbCnnCIFAR_wf1", CIFAR, 1536),
     ("4SoftHebbCnnCIFAR_halfNeurons", CIFAR, 12288), ("4SoftHebbCnnCIFAR_doubleNeurons", CIFAR, 49152),
-    ("4SoftHebbCnnCIFAR_quarterNeurons", CIFAR, 6144), ("2SoftMlpMNIST", MNIST, 2000), ("SoftHebbCnnMNIST", MNIST, 18816),
+    ("4SoftHebbCnnCIFAR_quarterNeurons", CIFAR, 6144), ("2SoftMlpMNIST", MNIST, 2000), ("SoftHebbCnnMNIST", MNIST, 13824), ("SoftHebbCnnMNIST_2layer", MNIST, 18816),
 ]
 
 
