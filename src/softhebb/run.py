@@ -94,11 +94,11 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         raise
 
 
-def _subset(ds_images: torch.Tensor, labels: torch.Tensor, limit: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _subset(images: torch.Tensor, labels: torch.Tensor, limit: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     if limit is None or limit >= labels.numel():
-        return ds_images, labels
+        return images, labels
     idx = torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
-    return ds_images[idx], labels[idx]
+    return images[idx], labels[idx]
 
 
 def prepare_run_dir(out: Path, overwrite: bool) -> None:
@@ -224,7 +224,7 @@ def evaluate_run(run_dir: str | os.PathLike, dataset: str | None = None, data_di
     if tuple(test.images.shape[1:]) != tuple(config["in_shape"]):
         raise RunError(f"run {run_dir} was trained on inputs of shape {tuple(config['in_shape'])}, "
                        f"but {name} images have shape {tuple(test.images.shape[1:])}")
-    x, y = _subset(test.images, test.labels, limit, 0)
+    x, y = _subset(test.images, test.labels, limit, config["run"]["seed"])  # the subset `train --test-limit` used
     feats = extract_features(model, x.to(dev))
     res = evaluate(model, feats, y.to(dev))
     return {"dataset": name, "test_acc": res["acc"], "test_loss": res["loss"], "n": int(y.numel())}
