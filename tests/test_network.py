@@ -95,6 +95,8 @@ def test_same_seed_same_weights():
     ({"blocks": [{"type": "conv", "out": 0}]}, "'out' must be a positive int"),
     ({"blocks": [{"type": "conv", "out": 4, "pool": "max_4_2"}]}, "pool must look like"),
     ({"blocks": [{"type": "conv", "out": 4, "activation": "gelu"}]}, "activation must be"),
+    ({"blocks": [{"type": "conv", "out": 4}], "classifier": {"dropuot": 0.5}}, "unknown field"),
+    ({"blocks": [{"type": "conv", "out": 4}], "classifier": {"dropout": 1.0}}, "'dropout' must be in"),
 ])
 def test_bad_presets_give_clear_errors(spec, match):
     with pytest.raises(PresetError, match=match):

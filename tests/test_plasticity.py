@@ -149,12 +149,28 @@ def test_exactly_one_positive_per_position_with_anti_hebbian():
     assert (y.argmax(dim=1) == u.argmax(dim=1)).all()
 
 
-def test_normalised_update_has_max_abs_one():
-    layer = HebbianConv2d(3, 8, 3, padding=1)
-    layer(torch.rand(5, 3, 10, 10))
-    yx, yu = layer.pending
-    dw = P.delta_weight(yx, yu, layer.weight)
-    assert dw.abs().max().item() == pytest.approx(1.0, abs=1e-12)
+def test_applied_update_has_max_abs_one_per_group():
+    layer = HebbianConv2d(4, 8, 3, padding=1, groups=2)
+    w0 = layer.weight.clone()
+    layer(torch.rand(5, 4, 10, 10))
+    rate = layer.learning_rate().view(-1, 1, 1, 1)
+    layer.step()
+    dw = (layer.weight - w0) / rate
+    for group in dw.chunk(2):
+        assert group.abs().max().item() == pytest.approx(1.0, abs=1e-9)
+
+
+def test_pre_triangle_changes_the_competition_input():
+    torch.manual_seed(0)
+    plain = HebbianConv2d(3, 6, 3)
+    tri = HebbianConv2d(3, 6, 3, pre_triangle=True)
+    tri.weight = plain.weight.clone()
+    x = torch.rand(2, 3, 6, 6)
+    u = plain(x)
+    ut = torch.relu(u - u.mean(dim=1, keepdim=True))
+    torch.testing.assert_close(tri(x), ut)
+    y, _ = P.post_synaptic(ut, "softhebb", 1.0)  # the layer used the triangled u in ỹ and in Σỹu
+    torch.testing.assert_close(tri.pending[1], (y * ut).sum(dim=(0, 2, 3)))
 
 
 def test_radius_rate_formula():
@@ -234,8 +250,12 @@ def test_bad_hyperparameters_give_clear_errors(kwargs, match):
 
 def test_monitoring_counts_wins_and_winner_share():
     layer = HebbianConv2d(3, 6, 3, groups=3, rule="softhebb")
-    layer(torch.rand(2, 3, 5, 5))
+    x = torch.rand(2, 3, 5, 5)
+    u = layer(x)
     assert layer.win_counts.sum().item() == 2 * 3 * 3 * 3  # batch · groups · positions
-    assert 1 / 2 <= layer.winner_share() <= 1.0
+    soft = torch.softmax(u.view(2, 3, 2, 3, 3), dim=2)
+    assert layer.winner_share() == pytest.approx(soft.amax(dim=2).mean().item())
+    expected_wins = torch.bincount((u.view(2, 3, 2, 3, 3).argmax(2) + torch.tensor([0, 2, 4]).view(1, 3, 1, 1)).flatten(), minlength=6)
+    assert torch.equal(layer.win_counts, expected_wins)
     s = layer.stats()
     assert set(s) >= {"radius_mean", "convergence", "r1", "winner_share", "lr_mean"}

@@ -24,7 +24,8 @@ def test_hebbian_features_beat_random_features_on_real_cifar10(data_root, tmp_pa
     assert trained["test_acc"] > random["test_acc"] + 5, (trained["test_acc"], random["test_acc"])
 
 
-def test_end_to_end_on_a_slice_of_real_mnist(data_root, tmp_path):
+def test_end_to_end_smoke_run_on_a_slice_of_real_mnist(data_root, tmp_path):
+    """A smoke test of the whole pipeline on MNIST (random features also pass this bar)."""
     res = run(RunConfig(preset="2SoftHebbCnnCIFAR", dataset="mnist", train_limit=10000, test_limit=2000, probe_epochs=5,
                         eval_every=5), tmp_path / "mnist", data_root, progress=False, echo=False)
     assert res["test_acc"] > 90
@@ -85,6 +86,11 @@ def test_corrupt_file_names_file_and_expected_checksum(data_root, tmp_path, caps
     assert main(["train", "--data-dir", str(root), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "t10k-labels-idx1-ubyte" in err and "sha256" in err
+
+
+def test_backprop_presets_are_refused_until_bp_training_exists():
+    with pytest.raises(RunError, match="backprop blocks"):
+        RunConfig(preset="4CnnCIFAR")
 
 
 def test_bad_config_values_are_rejected():

@@ -28,18 +28,41 @@ def test_step_lr_milestones_match_the_original_schedule():
 
 def test_successive_trains_each_block_once_and_never_touches_earlier_blocks_again():
     x = images()
-    a = build_model(TINY, (3, 12, 12), 10, seed=0)
-    hebbian_phase(a, x, "successive", batch_size=10, seed=1, progress=False)
-    assert [b.layer.num_updates.item() for b in a.blocks] == [6, 6]
-    # Same start, but block 1 frozen: block 0 must end identical, so block 1's stage never changed it.
-    b = build_model(TINY, (3, 12, 12), 10, seed=0)
-    b.blocks[1].layer.plastic = False
-    hebbian_phase(b, x, "successive", batch_size=10, seed=1, progress=False)
-    assert torch.equal(a.blocks[0].layer.weight, b.blocks[0].layer.weight)
-    assert not torch.equal(a.blocks[1].layer.weight, b.blocks[1].layer.weight)
+    model = build_model(TINY, (3, 12, 12), 10, seed=0)
+    snapshots = {}
+
+    def log(row):  # called at the end of each block's epoch
+        snapshots[row["block"]] = [b.layer.weight.clone() for b in model.blocks]
+
+    hebbian_phase(model, x, "successive", batch_size=10, seed=1, log=log, progress=False)
+    assert [b.layer.num_updates.item() for b in model.blocks] == [6, 6]
+    # Block 0 is final after its own stage; block 1 had not moved before its stage.
+    assert torch.equal(snapshots[0][0], model.blocks[0].layer.weight)
+    assert torch.equal(snapshots[0][1], build_model(TINY, (3, 12, 12), 10, seed=0).blocks[1].layer.weight)
+    assert not torch.equal(snapshots[1][1], snapshots[0][1])
     # Each BatchNorm tracked statistics only during its own block's epoch: 6 batches each.
-    assert [blk.pre[0].num_batches_tracked.item() for blk in a.blocks] == [6, 6]
-    assert not a.training
+    assert [blk.pre[0].num_batches_tracked.item() for blk in model.blocks] == [6, 6]
+    assert not model.training
+
+
+def test_linear_decay_schedule_spans_the_hebbian_phase():
+    spec = {"name": "lin", "blocks": [dict(TINY["blocks"][0], lr_schedule="linear")]}
+    model = build_model(spec, (3, 12, 12), 10, seed=0)
+    hebbian_phase(model, images(), batch_size=10, epochs=2, progress=False)
+    layer = model.blocks[0].layer
+    assert layer.total_updates == 12 and layer.num_updates.item() == 12
+    assert layer.learning_rate().abs().max().item() == 0.0  # decayed to zero exactly at the end
+
+
+def test_stray_forward_before_training_does_not_leak_into_the_first_step():
+    x = images()
+    a = build_model(TINY, (3, 12, 12), 10, seed=0)
+    b = build_model(TINY, (3, 12, 12), 10, seed=0)
+    with torch.no_grad():
+        b.blocks[0].layer(torch.rand(4, 3, 12, 12))  # accumulates sums in train mode
+    hebbian_phase(a, x, batch_size=10, seed=1, progress=False)
+    hebbian_phase(b, x, batch_size=10, seed=1, progress=False)
+    assert torch.equal(a.blocks[0].layer.weight, b.blocks[0].layer.weight)
 
 
 def test_simultaneous_trains_all_blocks_in_one_pass_with_pre_update_weights():
@@ -76,6 +99,15 @@ def test_hebbian_phase_is_deterministic_for_a_seed():
         hebbian_phase(m, x, batch_size=10, seed=4, progress=False)
         runs.append(extract_features(m, x))
     assert torch.equal(*runs)
+
+
+def test_probe_halves_the_learning_rate_on_schedule():
+    model = build_model(TINY, (3, 12, 12), 3, seed=0)
+    f, y = torch.randn(64, model.num_features), torch.randint(0, 3, (64,))
+    rows = []
+    train_probe(model, f, y, f, y, epochs=20, batch_size=32, log=rows.append, progress=False)
+    lrs = [r["lr"] for r in rows]
+    assert lrs[9] == 1e-3 and lrs[10] == 5e-4 and lrs[15] == 2.5e-4 and lrs[-1] == 2.5e-4  # halved after 10 and 15
 
 
 def test_probe_learns_a_separable_problem():

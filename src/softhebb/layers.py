@@ -73,7 +73,7 @@ class _HebbianLayer(nn.Module):
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         k = weight_shape[0]
         # Monitoring counters live on the device so reading them never syncs per batch.
-        self.register_buffer("win_counts", torch.zeros(k), persistent=False)
+        self.register_buffer("win_counts", torch.zeros(k, dtype=torch.long), persistent=False)
         self.register_buffer("winner_y_sum", torch.zeros(()), persistent=False)
         self._yx: torch.Tensor | None = None
         self._yu: torch.Tensor | None = None
@@ -93,7 +93,8 @@ class _HebbianLayer(nn.Module):
             self._yu += yu
         per_group = self.weight.shape[0] // self.groups
         offset = torch.arange(self.groups, device=u.device).view(1, self.groups, *([1] * (winner.dim() - 2))) * per_group
-        self.win_counts += torch.bincount((winner + offset).flatten(), minlength=self.weight.shape[0]).to(self.win_counts)
+        winners = (winner + offset).flatten()
+        self.win_counts.index_add_(0, winners, torch.ones_like(winners))  # bincount would sync with the host on CUDA
         self.winner_y_sum += y.reshape(winner.shape[0], self.groups, per_group, *winner.shape[3:]).gather(2, winner).abs().sum()
 
     @property
@@ -122,8 +123,10 @@ class _HebbianLayer(nn.Module):
         """Per-neuron rate η_k for the next update."""
         if self.lr_schedule == "radius":
             return P.radius_rate(self.weight, self.lr, self.power_lr)
-        rate = self.lr if self.total_updates is None else P.linear_decay_rate(self.lr, int(self.num_updates), self.total_updates)
-        return torch.full((self.weight.shape[0],), rate, device=self.weight.device)
+        rate = torch.full((self.weight.shape[0],), self.lr, device=self.weight.device)
+        if self.total_updates is None:
+            return rate
+        return P.linear_decay_rate(rate, self.num_updates, self.total_updates)  # stays on the device
 
     def radius(self) -> torch.Tensor:
         """‖w_k‖ of every neuron."""
@@ -144,7 +147,7 @@ class _HebbianLayer(nn.Module):
 
     def win_fraction(self) -> torch.Tensor:
         """Fraction of competitions each neuron won since the last reset."""
-        return self.win_counts / self.win_counts.sum().clamp(min=1)
+        return self.win_counts / self.win_counts.sum().clamp(min=1).double()
 
     def reset_stats(self) -> None:
         self.win_counts.zero_()

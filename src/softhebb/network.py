@@ -90,6 +90,11 @@ def resolve_preset(spec: dict) -> dict:
             raise PresetError(f"preset {spec.get('name', '?')!r} block {i}: 'out' must be a positive int, got {b.get('out')!r}")
         blocks.append({**defaults, **b})
     head = {**CLASSIFIER_DEFAULTS, **spec.get("classifier", {})}
+    if set(head) != set(CLASSIFIER_DEFAULTS):
+        raise PresetError(f"preset {spec.get('name', '?')!r} classifier: unknown field(s) "
+                          f"{sorted(set(head) - set(CLASSIFIER_DEFAULTS))}; allowed: {sorted(CLASSIFIER_DEFAULTS)}")
+    if not isinstance(head["dropout"], (int, float)) or not 0 <= head["dropout"] < 1:
+        raise PresetError(f"preset {spec.get('name', '?')!r} classifier: 'dropout' must be in [0, 1), got {head['dropout']!r}")
     return {k: v for k, v in spec.items() if k not in ("blocks", "classifier")} | {"blocks": blocks, "classifier": head}
 
 
@@ -178,9 +183,9 @@ class Block(nn.Module):
             n = 1
             for s in in_shape:
                 n *= s
+            if cfg["bn"]:  # per channel on images (the original's BN2d before the flatten), per feature otherwise
+                pre.append(nn.BatchNorm2d(in_shape[0], affine=False) if len(in_shape) == 3 else nn.BatchNorm1d(n, affine=False))
             pre.append(nn.Flatten())
-            if cfg["bn"]:
-                pre.append(nn.BatchNorm1d(n, affine=False))
             self.layer = nn.Linear(n, cfg["out"], bias=False) if cfg["rule"] == "bp" else HebbianLinear(n, cfg["out"], **self._hebb_args(cfg))
         self.pre = nn.Sequential(*pre)
         self.post = nn.Sequential(*[m for m in (_parse_activation(cfg["activation"]), _parse_pool(cfg.get("pool"))) if m is not None])

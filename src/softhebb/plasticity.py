@@ -114,9 +114,9 @@ def radius_rate(weight: torch.Tensor, lr: float, power: float, p: float = 2.0) -
     return lr * ((neuron_norms(weight, p) - 1).abs() + RATE_EPS) ** power
 
 
-def linear_decay_rate(lr: float, step: int, total_steps: float) -> float:
+def linear_decay_rate(lr: torch.Tensor | float, step: torch.Tensor | int, total_steps: float) -> torch.Tensor:
     """Global rate lr₀·max(0, 1 − t/T): reaches 0 at the end of the Hebbian phase (T updates)."""
-    return lr * max(0.0, 1.0 - step / total_steps)
+    return lr * (1.0 - torch.as_tensor(step, dtype=torch.float64) / total_steps).clamp(min=0.0)
 
 
 def init_weight(shape: Sequence[int], radius: float, distribution: str, generator: torch.Generator | None = None) -> torch.Tensor:

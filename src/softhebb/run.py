@@ -5,8 +5,9 @@ A run directory holds:
     metrics.jsonl    one JSON object per Hebbian epoch / probe epoch
     model.safetensors the trained weights (Hebbian weights, BatchNorm statistics, classifier)
     result.json      final test accuracy and wall times; its presence marks the run finished
-Every file is written atomically (temp file + rename), so an interrupted run never leaves a
-half-written file that looks complete.
+config.json, model.safetensors and result.json are written atomically (temp file + rename), and
+result.json comes last, so an interrupted run never looks complete; metrics.jsonl is an
+append-only log.
 """
 
 from __future__ import annotations
@@ -68,7 +69,10 @@ class RunConfig:
         for f in ("train_limit", "test_limit"):
             need(getattr(self, f) is None or getattr(self, f) > 0, f, "None or an integer > 0")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", "auto, cpu or cuda[:N]")
-        get_preset(self.preset)  # unknown preset → PresetError with suggestions
+        preset = get_preset(self.preset)  # unknown preset → PresetError with suggestions
+        if any(b["rule"] == "bp" for b in preset["blocks"]):
+            raise RunError(f"preset {preset['name']!r} has backprop blocks; training backprop baselines end to end is not "
+                           "implemented yet (only Hebbian presets can be trained)")
 
 
 def resolve_device(device: str) -> torch.device:

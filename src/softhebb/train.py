@@ -25,6 +25,11 @@ def as_input(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0)
 
 
+def _device(model: torch.nn.Module) -> torch.device:
+    """Where the model lives; images may stay (uint8) elsewhere and move one batch at a time."""
+    return next(model.buffers()).device
+
+
 def _batches(order: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
     for start in range(0, order.numel(), batch_size):
         yield order[start:start + batch_size]
@@ -64,6 +69,7 @@ def hebbian_phase(
         return
     stages = [[i] for i in hebb] if mode == "successive" else [hebb]
     n = images.shape[0]
+    device = _device(model)
     gen = torch.Generator().manual_seed(seed)
     orders = [torch.randperm(n, generator=gen).to(images.device) for _ in range(epochs)]
     for stage in stages:
@@ -73,12 +79,13 @@ def hebbian_phase(
             model.blocks[i].train()
             model.blocks[i].layer.total_updates = epochs * n / batch_size
             model.blocks[i].layer.reset_stats()
+            model.blocks[i].layer.zero_pending()  # a stray forward before training must not leak into the first step
         start = time.perf_counter()
         name = "+".join(str(i) for i in stage)
         for epoch in range(epochs):
             with _progress(n, f"hebbian block {name} epoch {epoch + 1}/{epochs}", progress) as bar, torch.no_grad():
                 for idx in _batches(orders[epoch], batch_size):
-                    h = as_input(images[idx])
+                    h = as_input(images[idx].to(device, non_blocking=True))
                     for i in range(depth - 1):
                         h = model.blocks[i](h)
                     last = model.blocks[depth - 1]
@@ -98,10 +105,11 @@ def extract_features(model: SoftHebbNet, images: torch.Tensor, batch_size: int =
                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Flattened outputs of all hidden blocks (eval mode), computed once for the whole probe."""
     model.eval()
-    out = torch.empty(images.shape[0], model.num_features, dtype=dtype, device=images.device)
+    device = _device(model)
+    out = torch.empty(images.shape[0], model.num_features, dtype=dtype, device=device)
     with _progress(images.shape[0], "features", progress) as bar:
         for start in range(0, images.shape[0], batch_size):
-            x = as_input(images[start:start + batch_size])
+            x = as_input(images[start:start + batch_size].to(device, non_blocking=True))
             out[start:start + x.shape[0]] = model.features(x).flatten(1)
             bar.update(x.shape[0])
     return out
