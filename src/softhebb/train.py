@@ -25,9 +25,9 @@ def as_input(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255.0)
 
 
-def _device(model: torch.nn.Module) -> torch.device:
+def _device(model: SoftHebbNet) -> torch.device:
     """Where the model lives; images may stay (uint8) elsewhere and move one batch at a time."""
-    return next(model.buffers()).device
+    return model.classifier.weight.device
 
 
 def _batches(order: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
