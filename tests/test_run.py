@@ -68,7 +68,8 @@ def test_wrong_data_root_names_the_missing_file(tmp_path, capsys, monkeypatch):
     def offline(*a, **k):
         raise OSError("offline")
     monkeypatch.setattr(urllib.request, "urlopen", offline)
-    assert main(["train", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"),
+                 "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "train-images-idx3-ubyte" in err and "md5" in err
     assert not (tmp_path / "o").exists()  # nothing created for a run that could not start
@@ -83,7 +84,7 @@ def test_corrupt_file_names_file_and_expected_checksum(data_root, tmp_path, caps
     raw = bytearray(gzip.decompress(bad.read_bytes()))
     raw[100] = (raw[100] + 1) % 10  # a wrong label, valid format
     bad.write_bytes(gzip.compress(bytes(raw)))
-    assert main(["train", "--data-dir", str(root), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert main(["train", "--dataset", "mnist", "--data-dir", str(root), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "t10k-labels-idx1-ubyte" in err and "sha256" in err
 

@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                        description="Train the Hebbian layers of a preset without labels (one epoch by default), "
                        "then a dropout + linear classifier on the frozen features, and report test accuracy.")
-    t.add_argument("--dataset", default="mnist", choices=sorted(DATASETS), help="dataset to train and test on")
+    t.add_argument("--dataset", default="cifar10", choices=sorted(DATASETS), help="dataset to train and test on")
     t.add_argument("--preset", default=None, help="network preset (see `softhebb presets`); default: "
                    + ", ".join(f"{k}: {v}" for k, v in DEFAULT_PRESET.items()))
     t.add_argument("--mode", default="successive", choices=["successive", "simultaneous"],
