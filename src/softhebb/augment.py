@@ -1,0 +1,130 @@
+"""Pixel preprocessing and augmentation of reference §4.3, seeded through a torch.Generator.
+
+What each dataset used in the reference, and what this module provides for it:
+
+* CIFAR-10/100, STL-10, MNIST: uint8 / 255, nothing more (`normalize` without `mean_std`).
+  With augmentation (only STL10_100aug in the paper): RandomCrop(size, padding=4, reflect) then
+  RandomHorizontalFlip(0.5) -> `crop_flip`, vectorised over a uint8 or float NCHW batch.
+* ImageNette / ImageNet, training: RandomResizedCrop(size, scale=(0.08, 1), ratio=(3/4, 4/3)), flip,
+  then ImageNet mean/std -> `random_resized_crop` per PIL image at decode time, `normalize(x, IMAGENET_MEAN_STD)`.
+* ImageNette / ImageNet, test and non-augmented training: Resize((size, size)) -> `resize`, a squash to a
+  square with no centre crop; `resize(..., center_crop=True)` is the usual crop-then-resize, not the reference.
+
+Differences from the reference (torchvision 0.8):
+* `crop_flip` draws all offsets, then all flips, for the whole batch at once; same distribution as the
+  per-image torchvision transforms, but a different random stream.
+* `random_resized_crop` follows torchvision's RandomResizedCrop.get_params draw for draw, but crops and
+  resizes in one Pillow call (`resize(box=...)`), which can differ from crop-then-resize by rounding at the
+  crop border.
+* Normalisation is a separate step on the uint8 batch (`normalize`), so datasets can stay uint8 in memory.
+* MNIST's augmentation (additive Gaussian noise, std `noise_std`) is not here: it is `x + std * randn`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+RRC_SCALE, RRC_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)
+
+
+def normalize(images: torch.Tensor, mean_std: Optional[tuple] = None) -> torch.Tensor:
+    """uint8 -> float32 in [0, 1] (float input is taken to be in [0, 1] already), then per-channel (x - mean) / std."""
+    x = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+    if mean_std is None:
+        return x
+    mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device).view(1, -1, 1, 1) for v in mean_std)
+    return (x - mean) / std
+
+
+def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
+    """Map indices in [-pad, size + pad) back inside like padding_mode='reflect' (edge pixel not repeated)."""
+    index = index.abs()
+    return torch.where(index > size - 1, 2 * (size - 1) - index, index)
+
+
+def crop_flip(images: torch.Tensor, padding: int = 4, generator: Optional[torch.Generator] = None,
+              flip_p: float = 0.5) -> torch.Tensor:
+    """RandomCrop(H, W, padding, reflect) + RandomHorizontalFlip(flip_p) for every image of an NCHW batch.
+
+    One gather builds all crops and flips at once: no padded copy and no per-image Python loop.
+    Random numbers are drawn on the CPU (where `generator` lives) and moved to the batch's device.
+    """
+    n, c, h, w = images.shape
+    if not 0 <= padding < min(h, w):
+        raise ValueError(f"reflect padding must be in [0, {min(h, w)}) for {h}x{w} images, got {padding}")
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < flip_p
+    rows = _reflect(torch.arange(h) + dy[:, None] - padding, h)
+    cols = _reflect(torch.arange(w) + dx[:, None] - padding, w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    dev = images.device
+    return images[torch.arange(n, device=dev).view(n, 1, 1, 1), torch.arange(c, device=dev).view(1, c, 1, 1),
+                  rows.to(dev).view(n, 1, h, 1), cols.to(dev).view(n, 1, 1, w)]
+
+
+def random_resized_crop_box(width: int, height: int, generator: Optional[torch.Generator] = None,
+                            scale: tuple[float, float] = RRC_SCALE,
+                            ratio: tuple[float, float] = RRC_RATIO) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop.get_params, as a Pillow box (left, top, right, bottom)."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator).item())
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+            left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+            return left, top, left + w, top + h
+    # Ten misses (extreme aspect ratios): the largest centred crop whose ratio is inside `ratio`.
+    if width / height < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif width / height > max(ratio):
+        w, h = int(round(height * max(ratio))), height
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+def center_square_box(width: int, height: int) -> tuple[int, int, int, int]:
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
+
+
+def resized_crop(img: "Image", size: int, box: Optional[tuple[int, int, int, int]] = None,
+                 flip: bool = False) -> torch.Tensor:
+    """Crop `box` out of an RGB PIL image and resize it to size x size, bilinear like torchvision on PIL images.
+
+    Returns uint8 (3, size, size), mirrored left-right if `flip`.
+    """
+    from PIL import Image as PILImage  # only folder datasets need Pillow
+
+    out = img.resize((size, size), PILImage.Resampling.BILINEAR, box=box)
+    chw = torch.from_numpy(np.array(out, dtype=np.uint8)).permute(2, 0, 1)
+    return chw.flip(-1) if flip else chw
+
+
+def random_resized_crop(img: "Image", size: int, generator: Optional[torch.Generator] = None,
+                        scale: tuple[float, float] = RRC_SCALE, ratio: tuple[float, float] = RRC_RATIO,
+                        flip_p: float = 0.5) -> torch.Tensor:
+    """RandomResizedCrop(size, scale, ratio) + RandomHorizontalFlip(flip_p) of a PIL image -> uint8 (3, size, size)."""
+    box = random_resized_crop_box(img.width, img.height, generator, scale, ratio)
+    flip = bool(torch.rand(1, generator=generator) < flip_p)
+    return resized_crop(img, size, box, flip)
+
+
+def resize(img: "Image", size: int, center_crop: bool = False) -> torch.Tensor:
+    """Test transform: squash to size x size like the reference's Resize((w, h)), or crop the centred square first."""
+    return resized_crop(img, size, center_square_box(img.width, img.height) if center_crop else None)
