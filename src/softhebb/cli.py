@@ -12,6 +12,7 @@ import torch
 from .data import DATA_ENV, DATASETS, DatasetError
 from .network import PresetError, get_preset, list_presets
 from .run import RunConfig, RunError, evaluate_run, run
+from .analysis import report as analysis_report
 
 DEFAULT_PRESET = {"mnist": "SoftHebbCnnMNIST", "fashion-mnist": "SoftHebbCnnMNIST", "cifar10": "4SoftHebbCnnCIFAR"}
 
@@ -55,12 +56,16 @@ def _parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("presets", help="list the network presets")
     pr.add_argument("name", nargs="?", help="show one preset in full")
+
+    analysis_report.add_parser(sub)  # `softhebb analyze`; its options live beside the analyses
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "analyze":
+            return analysis_report.main(args)
         if args.command == "presets":
             if args.name:
                 print(json.dumps(get_preset(args.name), indent=2))
