@@ -12,6 +12,7 @@ import torch
 from .data import DATA_ENV, DATASETS, DatasetError
 from .network import PresetError, get_preset, list_presets
 from .run import RunConfig, RunError, evaluate_run, run
+from . import distributed, search as search_cli
 from .analysis import report as analysis_report
 
 DEFAULT_PRESET = {"mnist": "SoftHebbCnnMNIST", "fashion-mnist": "SoftHebbCnnMNIST", "cifar10": "4SoftHebbCnnCIFAR"}
@@ -46,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    t.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
+                   help="checkpoint every N Hebbian batches and after every probe epoch (0 = never)")
+    t.add_argument("--resume", action="store_true", help="continue the unfinished run in --out from its checkpoint "
+                   "(same options as when it started); reaches the same weights as an uninterrupted run")
 
     e = sub.add_parser("eval", help="test accuracy of a saved run", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     e.add_argument("run_dir", help="a run directory written by `softhebb train`")
@@ -57,6 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("presets", help="list the network presets")
     pr.add_argument("name", nargs="?", help="show one preset in full")
 
+    search_cli.add_parser(sub)  # `softhebb search`; its options live beside the search
+
     analysis_report.add_parser(sub)  # `softhebb analyze`; its options live beside the analyses
     return p
 
@@ -66,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "analyze":
             return analysis_report.main(args)
+        if args.command == "search":
+            return search_cli.main(args)
         if args.command == "presets":
             if args.name:
                 print(json.dumps(get_preset(args.name), indent=2))
@@ -84,9 +93,18 @@ def main(argv: list[str] | None = None) -> int:
                         probe_lr=args.probe_lr, eval_every=args.eval_every, train_limit=args.train_limit,
                         test_limit=args.test_limit, device=args.device)
         out = Path(args.out or f"runs/{args.dataset}-{get_preset(preset)['name']}-s{args.seed}")
-        result = run(cfg, out, args.data_dir, overwrite=args.overwrite, progress=not args.no_progress)
-        print(f"test accuracy {result['test_acc']:.2f} %  ({result['preset']} on {result['dataset']}, seed {result['seed']}); "
-              f"wall {result['seconds']['total']:.0f} s; run directory {out}")
+        try:
+            par = distributed.init_from_env(args.device)  # under torchrun: join the group; rank 0 alone writes and prints
+        except ValueError as e:
+            raise RunError(str(e)) from None
+        try:
+            result = run(cfg, out, args.data_dir, overwrite=args.overwrite, progress=not args.no_progress,
+                         echo=par is None or par.rank == 0, resume=args.resume, checkpoint_every=args.checkpoint_every)
+        finally:
+            distributed.shutdown()
+        if par is None or par.rank == 0:
+            print(f"test accuracy {result['test_acc']:.2f} %  ({result['preset']} on {result['dataset']}, seed {result['seed']}); "
+                  f"wall {result['seconds']['total']:.0f} s; run directory {out}")
         return 0
     except (DatasetError, PresetError, RunError) as e:
         print(f"softhebb: error: {e}", file=sys.stderr)

@@ -75,6 +75,8 @@ class _HebbianLayer(nn.Module):
         # Monitoring counters live on the device so reading them never syncs per batch.
         self.register_buffer("win_counts", torch.zeros(k, dtype=torch.long), persistent=False)
         self.register_buffer("winner_y_sum", torch.zeros(()), persistent=False)
+        # num_updates after the first update that left a non-finite weight, −1 while all are finite.
+        self.register_buffer("first_nonfinite_update", torch.full((), -1, dtype=torch.long), persistent=False)
         self._yx: torch.Tensor | None = None
         self._yu: torch.Tensor | None = None
 
@@ -111,6 +113,10 @@ class _HebbianLayer(nn.Module):
         rate = self.learning_rate().to(dw.dtype)
         self.weight.add_(dw * rate.view(-1, *([1] * (dw.dim() - 1))))
         self.num_updates += 1
+        # Recorded on the device: reading it here would sync with the host every batch, so the
+        # training loop reads it at checkpoints and epoch ends (a NaN or Inf anywhere makes the sum non-finite).
+        first_bad = ~torch.isfinite(self.weight.sum()) & (self.first_nonfinite_update < 0)
+        self.first_nonfinite_update.copy_(torch.where(first_bad, self.num_updates, self.first_nonfinite_update))
         self._yx = self._yu = None
         return True
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import difflib
 import json
+import math
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .layers import ChannelSoftmax, Dropout, HebbianConv2d, HebbianLinear, Triangle, _HebbianLayer
+from .layers import PADDING_MODES, ChannelSoftmax, Dropout, HebbianConv2d, HebbianLinear, Triangle, _HebbianLayer
 
 CONV_DEFAULTS: dict[str, Any] = dict(
     rule="softhebb", kernel=3, stride=1, padding=0, dilation=1, groups=1, padding_mode="reflect",
@@ -86,9 +87,10 @@ def resolve_preset(spec: dict) -> dict:
         if unknown:
             raise PresetError(f"preset {spec.get('name', '?')!r} block {i}: unknown field(s) {sorted(unknown)}; "
                               f"allowed: {sorted(set(defaults) | {'type', 'out'})}")
-        if not isinstance(b.get("out"), int) or b["out"] <= 0:
+        if not isinstance(b.get("out"), int) or isinstance(b["out"], bool) or b["out"] <= 0:
             raise PresetError(f"preset {spec.get('name', '?')!r} block {i}: 'out' must be a positive int, got {b.get('out')!r}")
         blocks.append({**defaults, **b})
+        _check_block_values(spec.get("name", "?"), i, blocks[-1])
     head = {**CLASSIFIER_DEFAULTS, **spec.get("classifier", {})}
     if set(head) != set(CLASSIFIER_DEFAULTS):
         raise PresetError(f"preset {spec.get('name', '?')!r} classifier: unknown field(s) "
@@ -96,6 +98,54 @@ def resolve_preset(spec: dict) -> dict:
     if not isinstance(head["dropout"], (int, float)) or not 0 <= head["dropout"] < 1:
         raise PresetError(f"preset {spec.get('name', '?')!r} classifier: 'dropout' must be in [0, 1), got {head['dropout']!r}")
     return {k: v for k, v in spec.items() if k not in ("blocks", "classifier")} | {"blocks": blocks, "classifier": head}
+
+
+# numeric block fields: (lowest allowed, whether the lowest itself is allowed, what the value means)
+_NUMBERS = {
+    "t_invert": (0, False, "the inverse softmax temperature of the competition; paper presets use 0.25–12"),
+    "lr": (0, True, "the Hebbian learning rate lr₀; paper presets use 0.005–0.08 (0 freezes the layer)"),
+    "power_lr": (0, True, "the exponent of the radius-dependent rate; paper presets use 0.2–0.75"),
+    "radius": (0, False, "the initial weight norm per neuron; paper presets use 2–35"),
+}
+_INTS = {"kernel": 1, "stride": 1, "dilation": 1, "groups": 1, "padding": 0}
+
+
+def _check_block_values(name: str, i: int, b: dict) -> None:
+    """Reject absurd values when a preset is resolved, with the block named, not deep inside training."""
+    where = f"preset {name!r} block {i}"
+
+    def bad(field: str, expected: str) -> PresetError:
+        return PresetError(f"{where}: {field!r} must be {expected}, got {b[field]!r}")
+
+    for field, (low, inclusive, meaning) in _NUMBERS.items():
+        v = b[field]
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v >= low if inclusive else v > low)
+        if not ok:
+            raise bad(field, f"a finite number {'>=' if inclusive else '>'} {low} ({meaning})")
+    for field, low in _INTS.items():
+        if field in b and (not isinstance(b[field], int) or isinstance(b[field], bool) or b[field] < low):
+            raise bad(field, f"an integer >= {low}")
+    rules = ("softhebb", "soft", "hard", "bp")
+    if b["rule"] not in rules:
+        raise bad("rule", f"one of {rules}")
+    if b["lr_schedule"] not in ("radius", "linear"):
+        raise bad("lr_schedule", "'radius' or 'linear'")
+    if "padding_mode" in b and b["padding_mode"] not in PADDING_MODES:
+        raise bad("padding_mode", f"one of {PADDING_MODES}")
+    for field in ("bn", "pre_triangle"):
+        if field in b and not isinstance(b[field], bool):
+            raise bad(field, "true or false")
+    for field in ("activation", "pool"):
+        if b.get(field) is not None and not isinstance(b[field], str):
+            raise bad(field, "a string or null")
+    try:
+        _parse_activation(b["activation"])
+        if b.get("pool") is not None:
+            _, k, st, p = _pool_params(b["pool"])
+            if k < 1 or st < 1 or p < 0:
+                raise PresetError(f"pool kernel and stride must be >= 1 and padding >= 0, got {b['pool']!r}")
+    except (PresetError, ValueError) as e:
+        raise PresetError(f"{where}: {e}") from None
 
 
 def _pool_params(pool: str) -> tuple[str, int, int, int]:

@@ -5,15 +5,23 @@ A run directory holds:
     metrics.jsonl    one JSON object per Hebbian epoch / probe epoch
     model.safetensors the trained weights (Hebbian weights, BatchNorm statistics, classifier)
     result.json      final test accuracy and wall times; its presence marks the run finished
-config.json, model.safetensors and result.json are written atomically (temp file + rename), and
-result.json comes last, so an interrupted run never looks complete; metrics.jsonl is an
-append-only log.
+    checkpoint.safetensors  while unfinished, with checkpointing on: everything needed to continue
+config.json, model.safetensors, result.json and the checkpoint are written atomically (temp file +
+rename), and result.json comes last, so an interrupted run never looks complete; metrics.jsonl is
+an append-only log, cut back to the checkpoint's length when a run resumes.
+
+A checkpoint is one safetensors file: the tensors (weights, BatchNorm statistics, num_updates,
+win counters, Adam moments, generator and RNG states) plus a JSON header (phase, data position
+stage/epoch/batch or probe epoch, schedule and optimiser settings, metrics length). Nothing is
+ever unpickled. The Hebbian phase draws no random numbers after its seeded data orders, so its
+checkpoints hold no RNG state; the probe's hold the data-order generator and every rank's RNG.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 import resource
@@ -21,15 +29,20 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from . import __version__
+from . import __version__, distributed
 from .data import DATASETS, load_dataset
+from .layers import _HebbianLayer
 from .network import SoftHebbNet, build_model, get_preset, resolve_preset
-from .train import MODES, evaluate, extract_features, hebbian_phase, train_probe
+from .train import MODES, NonFiniteError, evaluate, extract_features, hebbian_phase, train_probe
+
+CHECKPOINT = "checkpoint.safetensors"
+RUN_FILES = ("result.json", "metrics.jsonl", "model.safetensors", "config.json", CHECKPOINT)
 
 
 class RunError(RuntimeError):
@@ -65,9 +78,12 @@ class RunConfig:
             need(isinstance(getattr(self, f), int) and getattr(self, f) >= 0, f, "an integer >= 0")
         for f in ("hebb_batch", "probe_batch", "eval_every"):
             need(isinstance(getattr(self, f), int) and getattr(self, f) > 0, f, "an integer > 0")
-        need(self.probe_lr > 0, "probe_lr", "a number > 0")
+        need(isinstance(self.probe_lr, (int, float)) and math.isfinite(self.probe_lr) and self.probe_lr > 0, "probe_lr",
+             "a finite number > 0 (the paper uses 1e-3)")
+        need(isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0, "seed", "an integer >= 0")
         for f in ("train_limit", "test_limit"):
-            need(getattr(self, f) is None or getattr(self, f) > 0, f, "None or an integer > 0")
+            v = getattr(self, f)
+            need(v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0), f, "None or an integer > 0")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", "auto, cpu or cuda[:N]")
         preset = get_preset(self.preset)  # unknown preset → PresetError with suggestions
         if any(b["rule"] == "bp" for b in preset["blocks"]):
@@ -113,14 +129,29 @@ def prepare_run_dir(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise RunError(f"output path {out} exists and is not a directory")
     if out.exists() and any(out.iterdir()) and not overwrite:
-        state = "a finished run" if (out / "result.json").exists() else "files from an unfinished run"
-        raise RunError(f"output directory {out} already holds {state}; choose another --out or pass --overwrite")
-    existing = next(p for p in (out, *out.parents) if p.exists())
-    if not os.access(existing, os.W_OK):
-        raise RunError(f"cannot write the run directory {out}: {existing} is not writable")
+        if (out / "result.json").exists():
+            raise RunError(f"output directory {out} already holds a finished run; choose another --out or pass --overwrite")
+        raise RunError(f"output directory {out} already holds files from an unfinished run; pass --resume to continue "
+                       "it (same options), --overwrite to start over, or choose another --out")
+    _check_writable(out)
     if out.exists():
-        for name in ("result.json", "metrics.jsonl", "model.safetensors", "config.json"):
+        for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
+        _remove_temp_files(out)
+
+
+def _check_writable(out: Path) -> None:
+    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise RunError(f"cannot create the run directory {out}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RunError(f"cannot write the run directory {out}: {existing} is not writable")
+
+
+def _remove_temp_files(out: Path) -> None:
+    """Temp files of writes a kill interrupted (atomic_write and checkpoints name them .<name>.*.tmp)."""
+    for p in out.glob(".*.tmp"):
+        p.unlink(missing_ok=True)
 
 
 def save_model(model: SoftHebbNet, path: Path, config: dict) -> None:
@@ -162,58 +193,281 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# -- checkpoints --------------------------------------------------------------------------------
+
+def _pack(obj: Any, tensors: dict[str, torch.Tensor], key: str) -> Any:
+    """JSON-able form of ``obj`` with every tensor moved into ``tensors`` under a path-like key."""
+    if isinstance(obj, torch.Tensor):
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"$tensor": key}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {k: _pack(v, tensors, f"{key}/{k}") for k, v in obj.items()}
+        return {"$items": [[k, _pack(v, tensors, f"{key}/{k}")] for k, v in obj.items()]}  # Adam's int keys
+    if isinstance(obj, (list, tuple)):
+        return [_pack(v, tensors, f"{key}/{i}") for i, v in enumerate(obj)]
+    return obj
+
+
+def _unpack(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if "$tensor" in obj:
+            return tensors[obj["$tensor"]]
+        if "$items" in obj:
+            return {k: _unpack(v, tensors) for k, v in obj["$items"]}
+        return {k: _unpack(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unpack(v, tensors) for v in obj]
+    return obj
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    """One safetensors file (tensors + the rest as JSON metadata), fsynced, then renamed into place."""
+    tensors: dict[str, torch.Tensor] = {}
+    meta = json.dumps(_pack(state, tensors, ""))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"softhebb_checkpoint": meta})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a power cut
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint written by ``save_checkpoint``; anything else (a pickle, a torch.save file) is refused."""
+    hint = f"Delete {path} to start the run over, or pass --overwrite."
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for foreign or corrupt files
+        raise RunError(f"{path} is not a readable softhebb checkpoint: it must be a safetensors file, and nothing is "
+                       f"unpickled ({type(e).__name__}: {e}). {hint}") from None
+    try:
+        state = _unpack(json.loads(meta["softhebb_checkpoint"]), tensors)
+        if state["format"] != 1:
+            raise ValueError(f"format {state['format']!r}")
+        for key in ("phase", "run", "model", "stats", "metrics_bytes", "position" if state["phase"] == "hebbian" else "probe"):
+            state[key]  # noqa: B018 — a missing key is a KeyError, reported below
+    except (KeyError, TypeError, ValueError) as e:
+        raise RunError(f"{path} is a safetensors file but not a softhebb checkpoint ({type(e).__name__}: {e}). {hint}") from None
+    return state
+
+
+def _counters(model: SoftHebbNet) -> dict[str, dict[str, torch.Tensor]]:
+    """The win counters of every Hebbian layer (not in the state dict: they are monitoring, not weights)."""
+    return {name: {"win_counts": m.win_counts, "winner_y_sum": m.winner_y_sum}
+            for name, m in model.named_modules() if isinstance(m, _HebbianLayer)}
+
+
+def _restore(model: SoftHebbNet, ckpt: dict, par: distributed.Parallel | None) -> None:
+    model.load_state_dict(ckpt["model"])
+    layers = dict(model.named_modules())
+    for name, counters in ckpt["stats"].items():
+        layer = layers[name]
+        layer.win_counts.copy_(counters["win_counts"])
+        layer.winner_y_sum.copy_(counters["winner_y_sum"])
+        if par is not None and par.rank != 0:
+            layer.reset_stats()  # the saved counts are the sum over ranks: rank 0 carries them, the others add to them
+
+
+# -- run directory ------------------------------------------------------------------------------
+
+_NOT_COMPARED = ("device",)  # may change between a run and its resumption
+
+
+def _open_run_dir(out: Path, cfg: RunConfig, preset: dict, overwrite: bool, resume: bool) -> dict | None:
+    """Check ``out`` for this run; returns the checkpoint to continue from, or None to start from scratch."""
+    if resume and overwrite:
+        raise RunError("--resume and --overwrite contradict each other: pass one of them")
+    if not resume or not (out / "config.json").is_file():
+        prepare_run_dir(out, overwrite)  # --resume of an empty or missing directory simply starts the run
+        return None
+    if (out / "result.json").exists():
+        try:
+            acc = f" (test accuracy {json.loads((out / 'result.json').read_text())['test_acc']:.2f} %)"
+        except (OSError, ValueError, KeyError, TypeError):
+            acc = ""
+        raise RunError(f"{out} already holds a finished run{acc}; there is nothing to resume. "
+                       "Pass --overwrite to train it again, or choose another --out")
+    _check_writable(out)
+    try:
+        saved = json.loads((out / "config.json").read_text())
+        saved_run, saved_preset = saved["run"], saved["preset"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise RunError(f"cannot resume {out}: its config.json is unreadable ({e}); pass --overwrite to start over") from None
+    _same_config(out, saved_run, saved_preset, cfg, preset)
+    _remove_temp_files(out)
+    if not (out / CHECKPOINT).is_file():
+        prepare_run_dir(out, overwrite=True)  # killed before its first checkpoint: start over in place
+        return None
+    ckpt = load_checkpoint(out / CHECKPOINT)
+    _same_config(out / CHECKPOINT, ckpt["run"], saved_preset, cfg, preset)
+    return ckpt
+
+
+def _same_config(where: Path, saved_run: dict, saved_preset: dict, cfg: RunConfig, preset: dict) -> None:
+    now = dataclasses.asdict(cfg)
+    diff = [f"{k}: {saved_run.get(k)!r} there, {now[k]!r} now" for k in now
+            if k not in _NOT_COMPARED and saved_run.get(k) != now[k]]
+    if saved_preset != preset:
+        diff.append(f"preset {preset['name']!r} differs from the one saved there")
+    if diff:
+        raise RunError(f"cannot resume {where}: it was started with other options ({'; '.join(diff)}). "
+                       "Resume with the original options, or pass --overwrite to start over")
+
+
+def _check_labels(labels: torch.Tensor, num_classes: int, what: str) -> None:
+    bad = ((labels < 0) | (labels >= num_classes)).nonzero()
+    if bad.numel():
+        i = int(bad[0, 0])
+        raise RunError(f"{what}: label {int(labels[i])} at index {i} is outside 0..{num_classes - 1}")
+
+
+def _on_rank0(par: distributed.Parallel | None, fn: Callable[[], Any]) -> Any:
+    """``fn()`` on rank 0 alone; every rank gets its value, or raises its exception (so none waits forever)."""
+    if par is None:
+        return fn()
+    value = error = None
+    if par.rank == 0:
+        try:
+            value = fn()
+        except Exception as e:  # noqa: BLE001 — passed on to every rank
+            error = e
+    value, error = par.broadcast((value, error))
+    if error is not None:
+        raise error
+    return value
+
+
 def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | None = None, overwrite: bool = False,
-        progress: bool = True, echo: bool = True) -> dict[str, Any]:
-    """Train and evaluate one configuration, writing its run directory. Returns the result dict."""
+        progress: bool = True, echo: bool = True, resume: bool = False, checkpoint_every: int = 0) -> dict[str, Any]:
+    """Train and evaluate one configuration, writing its run directory. Returns the result dict.
+
+    ``checkpoint_every`` > 0: a checkpoint every that many Hebbian batches and after every probe
+    epoch. ``resume``: continue an unfinished run directory from its checkpoint, to the same final
+    weights as an uninterrupted run (the options must be those it was started with; a missing
+    or empty directory just starts). Under torchrun (torch.distributed initialised) every rank
+    trains its share (softhebb.distributed) and only rank 0 writes.
+    """
     out = Path(out)
-    prepare_run_dir(out, overwrite)
+    if not isinstance(checkpoint_every, int) or checkpoint_every < 0:
+        raise RunError(f"checkpoint_every must be an integer >= 0 (0 = no checkpoints), got {checkpoint_every!r}")
+    par = distributed.current()
+    lead = par is None or par.rank == 0
+    preset = get_preset(cfg.preset)
+    ckpt = _on_rank0(par, lambda: _open_run_dir(out, cfg, preset, overwrite, resume))
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
     train = load_dataset(cfg.dataset, "train", data_dir)
     test = load_dataset(cfg.dataset, "test", data_dir)
     x_train, y_train = _subset(train.images, train.labels, cfg.train_limit, cfg.seed)
     x_test, y_test = _subset(test.images, test.labels, cfg.test_limit, cfg.seed)
-    x_train, y_train, x_test, y_test = (t.to(device) for t in (x_train, y_train, x_test, y_test))
     info = DATASETS[cfg.dataset]
+    _check_labels(y_train, info.num_classes, f"{cfg.dataset} train")
+    _check_labels(y_test, info.num_classes, f"{cfg.dataset} test")
+    if par is not None:
+        try:
+            par.check_batches(int(y_train.numel()), cfg.hebb_batch)
+        except ValueError as e:
+            raise RunError(str(e)) from None
+    x_train, y_train, x_test, y_test = (t.to(device) for t in (x_train, y_train, x_test, y_test))
 
-    preset = get_preset(cfg.preset)
     model = build_model(preset, info.shape, info.num_classes, seed=cfg.seed).to(device)
     config = {"softhebb_version": __version__, "run": dataclasses.asdict(cfg), "preset": preset,
               "in_shape": list(info.shape), "num_classes": info.num_classes,
               "train_size": int(y_train.numel()), "test_size": int(y_test.numel()),
               "torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
+              "world_size": par.world_size if par else 1,
               "machine": platform.machine(), "python": platform.python_version()}
-    atomic_write(out / "config.json", json.dumps(config, indent=2))
-    metrics = open(out / "metrics.jsonl", "w")
+    if ckpt is not None:
+        _restore(model, ckpt, par)
+    metrics = None
+    if lead:
+        if ckpt is None:
+            try:
+                atomic_write(out / "config.json", json.dumps(config, indent=2))
+            except OSError as e:
+                raise RunError(f"cannot write the run directory {out} ({e})") from None
+        metrics = open(out / "metrics.jsonl", "a")
+        metrics.truncate(ckpt["metrics_bytes"] if ckpt else 0)  # rows logged after the checkpoint come again
+        metrics.seek(0, os.SEEK_END)
 
     def log(row: dict) -> None:
+        if metrics is None:
+            return
         metrics.write(json.dumps(row) + "\n")
         metrics.flush()
         if echo and (row["phase"] == "hebbian" or "test_acc" in row):
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
 
+    def checkpoint(phase: str, state: dict) -> None:
+        """Called on every rank (the probe's RNG states are gathered); rank 0 writes."""
+        full = {"format": 1, "phase": phase, "run": dataclasses.asdict(cfg), "world_size": par.world_size if par else 1,
+                "model": model.state_dict(), "stats": _counters(model)}
+        if phase == "hebbian":
+            full["position"] = state
+        else:
+            full["probe"] = {**state, "rng": par.gather(state["rng"]) if par else [state["rng"]]}
+        if metrics is not None:
+            metrics.flush()
+            full["metrics_bytes"] = os.fstat(metrics.fileno()).st_size
+            save_checkpoint(out / CHECKPOINT, full)
+
+    rows = par.rows if par else (lambda t: t)  # the probe's features are sharded over ranks
+    every = checkpoint_every
     try:
         t_data = time.perf_counter()
-        hebbian_phase(model, x_train, cfg.mode, cfg.hebb_epochs, cfg.hebb_batch, cfg.seed, log, progress)
+        if ckpt is None or ckpt["phase"] == "hebbian":
+            hebbian_phase(model, x_train, cfg.mode, cfg.hebb_epochs, cfg.hebb_batch, cfg.seed, log, progress and lead,
+                          checkpoint=(lambda pos: checkpoint("hebbian", pos)) if every else None, checkpoint_every=every,
+                          start=ckpt["position"] if ckpt else None, parallel=par)
         t_hebb = time.perf_counter()
-        f_train = extract_features(model, x_train, progress=progress)
-        f_test = extract_features(model, x_test, progress=progress)
+        f_train = extract_features(model, rows(x_train), progress=progress and lead)
+        f_test = extract_features(model, rows(x_test), progress=progress and lead)
         t_feat = time.perf_counter()
-        probe = train_probe(model, f_train, y_train, f_test, y_test, cfg.probe_epochs, cfg.probe_batch, cfg.probe_lr,
-                            cfg.seed, cfg.eval_every, log, progress)
+        probe_start = None
+        if ckpt is not None and ckpt["phase"] == "probe":
+            rngs = ckpt["probe"]["rng"]
+            rank = par.rank if par else 0
+            # another number of ranks than the checkpoint's: fresh dropout masks from here on
+            probe_start = {**ckpt["probe"], "rng": rngs[rank]} if len(rngs) == config["world_size"] else \
+                {k: v for k, v in ckpt["probe"].items() if k != "rng"}
+        probe = train_probe(model, f_train, rows(y_train), f_test, rows(y_test), cfg.probe_epochs, cfg.probe_batch,
+                            cfg.probe_lr, cfg.seed, cfg.eval_every, log, progress and lead,
+                            checkpoint=(lambda state: checkpoint("probe", state)) if every else None,
+                            start=probe_start, parallel=par)
         if not probe:  # no probe epochs: report the untrained head so the run still has a result
-            test = evaluate(model, f_test, y_test)
+            test = evaluate(model, f_test, rows(y_test), parallel=par)
             probe = {"test_acc": test["acc"], "test_loss": test["loss"]}
         t_probe = time.perf_counter()
+    except NonFiniteError as e:
+        kept = f"its last good checkpoint {out / CHECKPOINT} is kept" if (out / CHECKPOINT).exists() else \
+            "it holds no checkpoint (pass --checkpoint-every to keep one)"
+        raise RunError(f"{e}. The run directory {out} is unfinished: {kept}") from None
     finally:
-        metrics.close()
-    save_model(model, out / "model.safetensors", config)
+        if metrics is not None:
+            metrics.close()
     result = {**probe, "preset": preset["name"], "dataset": cfg.dataset, "seed": cfg.seed, "mode": cfg.mode,
               "seconds": {"data": round(t_data - t0, 2), "hebbian": round(t_hebb - t_data, 2),
                           "features": round(t_feat - t_hebb, 2), "probe": round(t_probe - t_feat, 2),
                           "total": round(time.perf_counter() - t0, 2)},
               "peak_rss_mb": round(peak_rss_mb(), 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    atomic_write(out / "result.json", json.dumps(result, indent=2))
+    if ckpt is not None:
+        result["resumed_from"] = {"phase": ckpt["phase"], **(ckpt.get("position") or {"epoch": ckpt["probe"]["epoch"]})}
+    if lead:
+        save_model(model, out / "model.safetensors", config)
+        atomic_write(out / "result.json", json.dumps(result, indent=2))
+        (out / CHECKPOINT).unlink(missing_ok=True)  # finished: result.json and the model replace it
     return result
 
 

@@ -6,9 +6,12 @@ only preprocessing the paper uses (the first block's BatchNorm standardises).
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections import Counter
 import sys
 import time
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -16,8 +19,16 @@ from tqdm import tqdm
 
 from .network import SoftHebbNet
 
+if TYPE_CHECKING:
+    from .distributed import Parallel
+
 MODES = ("successive", "simultaneous")
 Logger = Callable[[dict], None]
+Checkpoint = Callable[[dict], None]
+
+
+class NonFiniteError(RuntimeError):
+    """A Hebbian update made weights NaN or Inf; training stops before anything bad is checkpointed."""
 
 
 def as_input(images: torch.Tensor) -> torch.Tensor:
@@ -50,6 +61,10 @@ def hebbian_phase(
     seed: int = 0,
     log: Logger | None = None,
     progress: bool = True,
+    checkpoint: Checkpoint | None = None,
+    checkpoint_every: int = 0,
+    start: dict | None = None,
+    parallel: Parallel | None = None,
 ) -> None:
     """Train the Hebbian blocks without labels.
 
@@ -61,43 +76,101 @@ def hebbian_phase(
     uses its pre-update weights (like the original's "consecutive" mode and demo.py).
 
     The data order is one seeded permutation per epoch, identical for every block.
+
+    Every ``checkpoint_every`` batches (and at each epoch end) the weights are checked for NaN/Inf
+    — one host sync, never per batch — and then ``checkpoint(position)`` is called, with position
+    {"stage", "epoch", "batch"} = the next batch to train (the end-of-epoch one comes before that
+    epoch's log row). ``start`` is such a position: the caller has restored the model state saved
+    with it, and training continues exactly where it was. ``parallel`` splits every global batch
+    over ranks (see softhebb.distributed).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if batch_size < 1 or epochs < 0 or checkpoint_every < 0:
+        raise ValueError(f"need batch_size >= 1, epochs >= 0 and checkpoint_every >= 0, "
+                         f"got {batch_size}, {epochs}, {checkpoint_every}")
     hebb = model.hebbian_block_indices()
     if not hebb or epochs == 0:
         return
     stages = [[i] for i in hebb] if mode == "successive" else [hebb]
     n = images.shape[0]
+    n_batches = math.ceil(n / batch_size)
     device = _device(model)
     gen = torch.Generator().manual_seed(seed)
     orders = [torch.randperm(n, generator=gen).to(images.device) for _ in range(epochs)]
-    for stage in stages:
+    first = (start["stage"], start["epoch"], start["batch"]) if start else (0, 0, 0)
+    if parallel is not None:
+        parallel.check_batches(n, batch_size)
+        parallel.sync_batchnorm(model)  # the trained block's BN must see the global batch's statistics
+    for s, stage in enumerate(stages):
+        if s < first[0]:
+            continue
         depth = max(stage) + 1
+        layers = [model.blocks[i].layer for i in stage]
         model.eval()
         for i in stage:
             model.blocks[i].train()
-            model.blocks[i].layer.total_updates = epochs * n / batch_size
-            model.blocks[i].layer.reset_stats()
-            model.blocks[i].layer.zero_pending()  # a stray forward before training must not leak into the first step
-        start = time.perf_counter()
+        for layer in layers:
+            layer.total_updates = epochs * n / batch_size
+            layer.zero_pending()  # a stray forward before training must not leak into the first step
+            if (s, 0, 0) >= first:  # a resumed stage keeps its restored counters
+                layer.reset_stats()
+        done_before = (first[1] * n_batches + first[2]) if s == first[0] else 0
+        update0 = [int(layer.num_updates) - done_before for layer in layers]  # to name the batch of a NaN
+        start_time = time.perf_counter()
         name = "+".join(str(i) for i in stage)
         for epoch in range(epochs):
+            if (s, epoch) < first[:2]:
+                continue
+            skip = first[2] if (s, epoch) == first[:2] else 0
             with _progress(n, f"hebbian block {name} epoch {epoch + 1}/{epochs}", progress) as bar, torch.no_grad():
-                for idx in _batches(orders[epoch], batch_size):
-                    h = as_input(images[idx].to(device, non_blocking=True))
+                bar.update(min(skip * batch_size, n))
+                for b, idx in enumerate(_batches(orders[epoch], batch_size)):
+                    if b < skip:
+                        continue
+                    local = parallel.shard(idx) if parallel is not None else idx
+                    h = as_input(images[local].to(device, non_blocking=True))
                     for i in range(depth - 1):
                         h = model.blocks[i](h)
                     last = model.blocks[depth - 1]
                     last.layer(last.pre(h))  # the deepest trained block's activation and pool are not needed
-                    for i in stage:
-                        model.blocks[i].layer.step()
+                    if parallel is not None:
+                        parallel.reduce_pending(layers)
+                    for layer in layers:
+                        layer.step()
                     bar.update(idx.numel())
-            if log:
-                for i in stage:
-                    log({"phase": "hebbian", "block": i, "epoch": epoch + 1, "seconds": round(time.perf_counter() - start, 3),
-                         **model.blocks[i].layer.stats()})
-        model.eval()
+                    if checkpoint_every and (b + 1) % checkpoint_every == 0 and b + 1 < n_batches:
+                        _check_finite(model, stage, update0, n_batches)
+                        if checkpoint:
+                            with _summed_counters(parallel, layers):
+                                checkpoint({"stage": s, "epoch": epoch, "batch": b + 1})
+            _check_finite(model, stage, update0, n_batches)
+            with _summed_counters(parallel, layers):
+                if checkpoint and checkpoint_every:
+                    checkpoint({"stage": s, "epoch": epoch, "batch": n_batches})
+                if log:
+                    for i in stage:
+                        log({"phase": "hebbian", "block": i, "epoch": epoch + 1,
+                             "seconds": round(time.perf_counter() - start_time, 3), **model.blocks[i].layer.stats()})
+    model.eval()
+
+
+def _summed_counters(parallel: Parallel | None, layers: list) -> contextlib.AbstractContextManager:
+    return parallel.summed_counters(layers) if parallel is not None else contextlib.nullcontext()
+
+
+def _check_finite(model: SoftHebbNet, stage: list[int], update0: list[int], n_batches: int) -> None:
+    """Raise NonFiniteError naming the block and batch of the first update that produced NaN/Inf weights."""
+    firsts = torch.stack([model.blocks[i].layer.first_nonfinite_update for i in stage]).tolist()  # one host sync
+    bad = [(u - u0, i) for u, u0, i in zip(firsts, update0, stage) if u >= 0]
+    if bad:
+        k, i = min(bad)
+        epoch, batch = divmod(k - 1, n_batches)
+        layer = model.blocks[i].layer
+        raise NonFiniteError(
+            f"block {i} ({type(layer).__name__}, {layer._hebb_repr()}): the Hebbian update of batch {batch + 1}/{n_batches} "
+            f"in epoch {epoch + 1} made its weights NaN or Inf. Lower its lr, t_invert or power_lr, or check the input "
+            f"images; training stopped before saving anything after that batch")
 
 
 @torch.no_grad()
@@ -124,8 +197,10 @@ def step_lr_milestones(epochs: int) -> list[int]:
 
 
 @torch.no_grad()
-def evaluate(model: SoftHebbNet, features: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000) -> dict[str, float]:
-    """Accuracy (%) and mean cross-entropy of the classifier head on precomputed features."""
+def evaluate(model: SoftHebbNet, features: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
+             parallel: Parallel | None = None) -> dict[str, float]:
+    """Accuracy (%) and mean cross-entropy of the classifier head on precomputed features
+    (with ``parallel``: this rank's share of them, summed over ranks)."""
     model.eval()
     loss = torch.zeros((), device=features.device)
     correct = torch.zeros((), dtype=torch.long, device=features.device)
@@ -134,7 +209,10 @@ def evaluate(model: SoftHebbNet, features: torch.Tensor, labels: torch.Tensor, b
         y = labels[start:start + batch_size]
         loss += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
-    n = features.shape[0]
+    count = torch.tensor(features.shape[0], device=features.device)
+    if parallel is not None:
+        parallel.all_reduce_(loss, correct, count)
+    n = int(count)
     return {"acc": 100.0 * int(correct) / n, "loss": float(loss) / n}
 
 
@@ -151,44 +229,89 @@ def train_probe(
     eval_every: int = 10,
     log: Logger | None = None,
     progress: bool = True,
+    checkpoint: Checkpoint | None = None,
+    start: dict | None = None,
+    parallel: Parallel | None = None,
 ) -> dict[str, float]:
     """Train dropout + linear head with Adam and the step-halving schedule; report the final epoch.
 
     The reported number is the test accuracy after the last epoch, not the best epoch, as in the paper.
+    ``checkpoint(state)`` is called after every epoch with what it takes to continue (epoch, Adam,
+    schedule, data-order generator, RNG state, result so far); ``start`` is such a state, for a
+    model whose weights the caller restored. With ``parallel``, the features and labels are this
+    rank's rows (``Parallel.rows``) and the head trains under DDP (see softhebb.distributed).
     """
+    for f, y, name in ((train_features, train_labels, "train"), (test_features, test_labels, "test")):
+        if f.shape[0] != y.shape[0]:
+            raise ValueError(f"{name}: {f.shape[0]} feature rows but {y.shape[0]} labels")
     head = model.classifier
+    forward = parallel.wrap_head(model) if parallel is not None else model.head
+    world = parallel.world_size if parallel is not None else 1
     opt = torch.optim.Adam(head.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=step_lr_milestones(epochs), gamma=0.5)
     gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # dropout masks
-    n = train_features.shape[0]
-    result: dict[str, float] = {}
+    torch.manual_seed(seed + (parallel.rank << 20 if parallel is not None else 0))  # dropout masks, different per rank
+    device = train_features.device
+    n = train_features.shape[0] if parallel is None else parallel.total(train_features.shape[0], device)
+    first, result = 1, {}  # type: tuple[int, dict[str, float]]
+    if start is not None:
+        opt.load_state_dict(start["optimizer"])
+        sched.load_state_dict(start["scheduler"])
+        sched.milestones = Counter(sched.milestones)  # a plain dict after the JSON round trip
+        gen.set_state(start["generator"])
+        if "rng" in start:
+            _set_rng_state(start["rng"], device)
+        first, result = start["epoch"] + 1, dict(start["result"])
     with _progress(epochs, "probe", progress, unit="epoch") as bar:
-        for epoch in range(1, epochs + 1):
+        bar.update(first - 1)
+        for epoch in range(first, epochs + 1):
             model.dropout.train()
             head.train()
-            loss_sum = torch.zeros((), device=train_features.device)
-            correct = torch.zeros((), dtype=torch.long, device=train_features.device)
+            loss_sum = torch.zeros((), device=device)
+            correct = torch.zeros((), dtype=torch.long, device=device)
             cur_lr = opt.param_groups[0]["lr"]
-            for idx in _batches(torch.randperm(n, generator=gen).to(train_features.device), batch_size):
+            order = torch.randperm(n, generator=gen)
+            batches = (parallel.probe_batches(order, batch_size, device) if parallel is not None
+                       else [(idx, idx.numel()) for idx in _batches(order.to(device), batch_size)])
+            for idx, global_size in batches:
                 y = train_labels[idx]
-                logits = model.head(train_features[idx].float())
-                loss = F.cross_entropy(logits, y)
+                logits = forward(train_features[idx].float())
+                batch_loss = F.cross_entropy(logits, y, reduction="sum")
+                # the mean over the global batch once DDP has averaged the ranks' gradients
+                loss = batch_loss / (global_size / world)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                loss_sum += loss.detach() * y.numel()
+                loss_sum += batch_loss.detach()
                 correct += (logits.detach().argmax(1) == y).sum()
             sched.step()
+            if parallel is not None:
+                parallel.all_reduce_(loss_sum, correct)
             row = {"phase": "probe", "epoch": epoch, "lr": cur_lr, "train_loss": float(loss_sum) / n,
                    "train_acc": 100.0 * int(correct) / n}
             if epoch == 1 or epoch % eval_every == 0 or epoch == epochs:
-                test = evaluate(model, test_features, test_labels)
+                test = evaluate(model, test_features, test_labels, parallel=parallel)
                 row |= {"test_loss": test["loss"], "test_acc": test["acc"]}
                 result = {"test_acc": test["acc"], "test_loss": test["loss"], "train_acc": row["train_acc"]}
             if log:
                 log(row)
+            if checkpoint:
+                checkpoint({"epoch": epoch, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                            "generator": gen.get_state(), "rng": _rng_state(device), "result": result})
             bar.set_postfix(train_acc=f"{row['train_acc']:.2f}", test_acc=f"{result.get('test_acc', float('nan')):.2f}")
             bar.update(1)
     model.eval()
     return result
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, torch.Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
