@@ -1,4 +1,4 @@
-"""Command line: ``softhebb train | eval | presets``."""
+"""Command line: ``softhebb train | eval | presets | reproduce | search | analyze``."""
 
 from __future__ import annotations
 
@@ -12,10 +12,22 @@ import torch
 from .data import DATA_ENV, DATASETS, DatasetError
 from .network import PresetError, get_preset, list_presets
 from .run import RunConfig, RunError, evaluate_run, run
-from . import distributed, search as search_cli
+from . import distributed, reproduce, search as search_cli
 from .analysis import report as analysis_report
 
-DEFAULT_PRESET = {"mnist": "SoftHebbCnnMNIST", "fashion-mnist": "SoftHebbCnnMNIST", "cifar10": "4SoftHebbCnnCIFAR"}
+DEFAULT_PRESET = {"mnist": "SoftHebbCnnMNIST", "fashion-mnist": "SoftHebbCnnMNIST", "cifar10": "4SoftHebbCnnCIFAR",
+                  "cifar100": "4SoftHebbCnnCIFAR", "stl10": "5SoftHebbCnnSTL", "imagenette": "6SoftHebbCnnImNet",
+                  "imagenet": "6SoftHebbCnnImNet"}
+
+
+def _block_override(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected FIELD=VALUE (e.g. t_invert=0.5), got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value  # a bare string such as rule=soft
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +51,15 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--probe-batch", type=int, default=64, help="linear-probe batch size")
     t.add_argument("--probe-lr", type=float, default=1e-3, help="linear-probe Adam learning rate (halved on the paper's schedule)")
     t.add_argument("--eval-every", type=int, default=10, help="evaluate on the test set every N probe epochs (and the last)")
+    t.add_argument("--set", dest="block_overrides", type=_block_override, action="append", default=None, metavar="FIELD=VALUE",
+                   help="override a field of every Hebbian block (repeatable), e.g. --set t_invert=0.5 --set rule=soft")
+    t.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: Hebbian phase and feature extraction under bf16 autocast (updates accumulate in fp32)")
+    t.add_argument("--random-bn", default="identity", choices=["identity", "data"],
+                   help="with --hebb-epochs 0: keep the hidden BatchNorms at identity (the paper's Random) or set them from the data")
+    t.add_argument("--bp-mode", default="end-to-end", choices=["end-to-end", "layerwise"],
+                   help="backprop presets (*Cnn*): train all layers together, or one block at a time as the original's commands did; "
+                   "--probe-epochs/--probe-batch/--probe-lr set its epochs, batch and Adam rate")
     t.add_argument("--train-limit", type=int, default=None, help="use a seeded random subset of N training images")
     t.add_argument("--test-limit", type=int, default=None, help="use a seeded random subset of N test images")
     t.add_argument("--data-dir", default=None, help=f"data root (default: ${DATA_ENV}, else ~/.cache/softhebb/data)")
@@ -62,6 +83,22 @@ def _parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("presets", help="list the network presets")
     pr.add_argument("name", nargs="?", help="show one preset in full")
 
+    r = sub.add_parser("reproduce", help="regenerate a figure or table of the paper (resumable grid of runs)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       description="Run every (dataset, method, x, seed) of a paper experiment, skipping finished runs, "
+                       "then write runs.csv, a markdown table with the paper's numbers and a plot under OUT/EXPERIMENT/.")
+    r.add_argument("experiment", nargs="?", help="experiment name (see --list)")
+    r.add_argument("--list", action="store_true", help="list the experiments")
+    r.add_argument("--dataset", action="append", default=None, help="dataset(s) of the experiment (default: its first)")
+    r.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the paper's, usually 4)")
+    r.add_argument("--out", default="runs/reproduce", help="root folder of the experiment's runs and tables")
+    r.add_argument("--data-dir", default=None, help=f"data root (default: ${DATA_ENV}, else ~/.cache/softhebb/data)")
+    r.add_argument("--option", dest="overrides", type=_block_override, action="append", default=None, metavar="FIELD=VALUE",
+                   help="override a run option for every run, e.g. --option probe_epochs=10 --option train_limit=10000 "
+                   "(runs then differ from the paper's protocol: use another --out)")
+    r.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
+    r.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
     search_cli.add_parser(sub)  # `softhebb search`; its options live beside the search
 
     analysis_report.add_parser(sub)  # `softhebb analyze`; its options live beside the analyses
@@ -75,6 +112,15 @@ def main(argv: list[str] | None = None) -> int:
             return analysis_report.main(args)
         if args.command == "search":
             return search_cli.main(args)
+        if getattr(args, "threads", None):
+            torch.set_num_threads(args.threads)
+        if args.command == "reproduce":
+            if args.list or not args.experiment:
+                print(reproduce.list_experiments())
+                return 0
+            reproduce.reproduce(args.experiment, args.out, args.dataset, args.seeds, args.data_dir,
+                                dict(args.overrides or []), progress=not args.no_progress)
+            return 0
         if args.command == "presets":
             if args.name:
                 print(json.dumps(get_preset(args.name), indent=2))
@@ -85,13 +131,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "eval":
             print(json.dumps(evaluate_run(args.run_dir, args.dataset, args.data_dir, args.device, args.limit), indent=2))
             return 0
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        preset = args.preset or DEFAULT_PRESET[args.dataset]
+        preset = args.preset or DEFAULT_PRESET.get(args.dataset)
+        if preset is None:
+            raise RunError(f"no default preset for {args.dataset}; pass --preset")
         cfg = RunConfig(preset=preset, dataset=args.dataset, mode=args.mode, seed=args.seed, hebb_epochs=args.hebb_epochs,
                         hebb_batch=args.hebb_batch, probe_epochs=args.probe_epochs, probe_batch=args.probe_batch,
                         probe_lr=args.probe_lr, eval_every=args.eval_every, train_limit=args.train_limit,
-                        test_limit=args.test_limit, device=args.device)
+                        test_limit=args.test_limit, device=args.device, precision=args.precision,
+                        block_overrides=dict(args.block_overrides) if args.block_overrides else None,
+                        random_bn=args.random_bn, bp_mode=args.bp_mode)
         out = Path(args.out or f"runs/{args.dataset}-{get_preset(preset)['name']}-s{args.seed}")
         try:
             par = distributed.init_from_env(args.device)  # under torchrun: join the group; rank 0 alone writes and prints

@@ -45,7 +45,7 @@ def post_synaptic(u: torch.Tensor, rule: str, t_invert: float, groups: int = 1) 
     if rule == "hard":
         y = torch.zeros_like(ug).scatter_(2, winner, 1.0)
     else:
-        y = torch.softmax(ug * t_invert, dim=2)
+        y = torch.softmax(ug * t_invert, dim=2, dtype=torch.promote_types(ug.dtype, torch.float32))
         if rule == "softhebb":
             top = y.gather(2, winner)
             y = y.neg_().scatter_(2, winner, top)

@@ -39,9 +39,11 @@ from . import __version__, distributed
 from .data import DATASETS, load_dataset
 from .layers import _HebbianLayer
 from .network import SoftHebbNet, build_model, get_preset, resolve_preset
-from .train import MODES, NonFiniteError, evaluate, extract_features, hebbian_phase, train_probe
+from .baselines import BP_MODES, RANDOM_BN, calibrate_batchnorm, train_backprop
+from .train import MODES, PRECISIONS, NonFiniteError, evaluate, extract_features, hebbian_phase, train_probe
 
 CHECKPOINT = "checkpoint.safetensors"
+IN_MEMORY = ("mnist", "fashion-mnist", "cifar10", "cifar100")  # datasets whose protocol is: no augmentation, features once
 RUN_FILES = ("result.json", "metrics.jsonl", "model.safetensors", "config.json", CHECKPOINT)
 
 
@@ -66,6 +68,10 @@ class RunConfig:
     train_limit: int | None = None  # use a seeded random subset of the training set (quick runs, tests)
     test_limit: int | None = None
     device: str = "auto"
+    precision: str = "fp32"  # bf16: Hebbian phase and features under bf16 autocast (updates still fp32)
+    block_overrides: dict | None = None  # fields set on every Hebbian block, e.g. {"t_invert": 0.5, "rule": "soft"}
+    random_bn: str = "identity"  # with hebb_epochs=0: identity BNs (the paper's Random) or "data" statistics
+    bp_mode: str = "end-to-end"  # backprop presets: "end-to-end" or "layerwise" (the original's successive)
 
     def __post_init__(self) -> None:
         def need(cond: bool, field: str, expected: str) -> None:
@@ -73,6 +79,10 @@ class RunConfig:
                 raise RunError(f"config field {field!r} = {getattr(self, field)!r}: expected {expected}")
 
         need(self.dataset in DATASETS, "dataset", f"one of {sorted(DATASETS)}")
+        if self.dataset not in IN_MEMORY:
+            raise RunError(f"dataset {self.dataset!r}: its loader exists (softhebb.data), but its training protocol "
+                           "(Hebbian phase on the unlabeled split or an image folder, augmented probe) is not wired into "
+                           f"`train` yet; runnable datasets: {', '.join(IN_MEMORY)}")
         need(self.mode in MODES, "mode", f"one of {MODES}")
         for f in ("hebb_epochs", "probe_epochs"):
             need(isinstance(getattr(self, f), int) and getattr(self, f) >= 0, f, "an integer >= 0")
@@ -85,10 +95,25 @@ class RunConfig:
             v = getattr(self, f)
             need(v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0), f, "None or an integer > 0")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", "auto, cpu or cuda[:N]")
-        preset = get_preset(self.preset)  # unknown preset → PresetError with suggestions
-        if any(b["rule"] == "bp" for b in preset["blocks"]):
-            raise RunError(f"preset {preset['name']!r} has backprop blocks; training backprop baselines end to end is not "
-                           "implemented yet (only Hebbian presets can be trained)")
+        need(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}")
+        need(self.random_bn in RANDOM_BN, "random_bn", f"one of {RANDOM_BN}")
+        need(self.bp_mode in BP_MODES, "bp_mode", f"one of {BP_MODES}")
+        need(self.block_overrides is None or isinstance(self.block_overrides, dict), "block_overrides",
+             "None or a dict of block fields")
+        rules = {b["rule"] == "bp" for b in self.resolved_preset()["blocks"]}  # unknown preset → PresetError
+        need(len(rules) <= 1, "preset", "a preset whose blocks are all Hebbian or all backprop (mixed is not supported)")
+
+    @property
+    def backprop(self) -> bool:
+        return any(b["rule"] == "bp" for b in self.resolved_preset()["blocks"])
+
+    def resolved_preset(self) -> dict:
+        """The preset with ``block_overrides`` applied to its Hebbian blocks, validated."""
+        preset = get_preset(self.preset)
+        if not self.block_overrides:
+            return preset
+        blocks = [{**b, **self.block_overrides} if b["rule"] != "bp" else b for b in preset["blocks"]]
+        return resolve_preset({**preset, "blocks": blocks, "name": preset["name"]})
 
 
 def resolve_device(device: str) -> torch.device:
@@ -364,7 +389,10 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
         raise RunError(f"checkpoint_every must be an integer >= 0 (0 = no checkpoints), got {checkpoint_every!r}")
     par = distributed.current()
     lead = par is None or par.rank == 0
-    preset = get_preset(cfg.preset)
+    preset = cfg.resolved_preset()
+    if cfg.backprop and (checkpoint_every or resume or par is not None):
+        raise RunError("backprop presets are trained in one process without checkpoints (no --resume, "
+                       "--checkpoint-every or torchrun)")
     ckpt = _on_rank0(par, lambda: _open_run_dir(out, cfg, preset, overwrite, resume))
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
@@ -427,28 +455,36 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
     every = checkpoint_every
     try:
         t_data = time.perf_counter()
-        if ckpt is None or ckpt["phase"] == "hebbian":
-            hebbian_phase(model, x_train, cfg.mode, cfg.hebb_epochs, cfg.hebb_batch, cfg.seed, log, progress and lead,
-                          checkpoint=(lambda pos: checkpoint("hebbian", pos)) if every else None, checkpoint_every=every,
-                          start=ckpt["position"] if ckpt else None, parallel=par)
-        t_hebb = time.perf_counter()
-        f_train = extract_features(model, rows(x_train), progress=progress and lead)
-        f_test = extract_features(model, rows(x_test), progress=progress and lead)
-        t_feat = time.perf_counter()
-        probe_start = None
-        if ckpt is not None and ckpt["phase"] == "probe":
-            rngs = ckpt["probe"]["rng"]
-            rank = par.rank if par else 0
-            # another number of ranks than the checkpoint's: fresh dropout masks from here on
-            probe_start = {**ckpt["probe"], "rng": rngs[rank]} if len(rngs) == config["world_size"] else \
-                {k: v for k, v in ckpt["probe"].items() if k != "rng"}
-        probe = train_probe(model, f_train, rows(y_train), f_test, rows(y_test), cfg.probe_epochs, cfg.probe_batch,
-                            cfg.probe_lr, cfg.seed, cfg.eval_every, log, progress and lead,
-                            checkpoint=(lambda state: checkpoint("probe", state)) if every else None,
-                            start=probe_start, parallel=par)
-        if not probe:  # no probe epochs: report the untrained head so the run still has a result
-            test = evaluate(model, f_test, rows(y_test), parallel=par)
-            probe = {"test_acc": test["acc"], "test_loss": test["loss"]}
+        if cfg.backprop:  # no Hebbian phase and no cached features: every layer learns from the labels
+            probe = train_backprop(model, x_train, y_train, x_test, y_test, cfg.bp_mode, cfg.probe_epochs, cfg.probe_batch,
+                                   cfg.probe_lr, cfg.seed, eval_every=cfg.eval_every, log=log, progress=progress)
+            t_hebb = t_feat = t_data
+        else:
+            if ckpt is None or ckpt["phase"] == "hebbian":
+                hebbian_phase(model, x_train, cfg.mode, cfg.hebb_epochs, cfg.hebb_batch, cfg.seed, log, progress and lead,
+                              checkpoint=(lambda pos: checkpoint("hebbian", pos)) if every else None,
+                              checkpoint_every=every, start=ckpt["position"] if ckpt else None, parallel=par,
+                              precision=cfg.precision)
+            if cfg.hebb_epochs == 0 and cfg.random_bn == "data":
+                calibrate_batchnorm(model, x_train)
+            t_hebb = time.perf_counter()
+            f_train = extract_features(model, rows(x_train), progress=progress and lead, precision=cfg.precision)
+            f_test = extract_features(model, rows(x_test), progress=progress and lead, precision=cfg.precision)
+            t_feat = time.perf_counter()
+            probe_start = None
+            if ckpt is not None and ckpt["phase"] == "probe":
+                rngs = ckpt["probe"]["rng"]
+                rank = par.rank if par else 0
+                # another number of ranks than the checkpoint's: fresh dropout masks from here on
+                probe_start = {**ckpt["probe"], "rng": rngs[rank]} if len(rngs) == config["world_size"] else \
+                    {k: v for k, v in ckpt["probe"].items() if k != "rng"}
+            probe = train_probe(model, f_train, rows(y_train), f_test, rows(y_test), cfg.probe_epochs, cfg.probe_batch,
+                                cfg.probe_lr, cfg.seed, cfg.eval_every, log, progress and lead,
+                                checkpoint=(lambda state: checkpoint("probe", state)) if every else None,
+                                start=probe_start, parallel=par)
+            if not probe:  # no probe epochs: report the untrained head so the run still has a result
+                test = evaluate(model, f_test, rows(y_test), parallel=par)
+                probe = {"test_acc": test["acc"], "test_loss": test["loss"]}
         t_probe = time.perf_counter()
     except NonFiniteError as e:
         kept = f"its last good checkpoint {out / CHECKPOINT} is kept" if (out / CHECKPOINT).exists() else \
@@ -457,7 +493,11 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
     finally:
         if metrics is not None:
             metrics.close()
+    hebb_stats = {str(i): {k: None if isinstance(v, float) and not math.isfinite(v) else v
+                           for k, v in model.blocks[i].layer.stats().items()} for i in model.hebbian_block_indices()}
     result = {**probe, "preset": preset["name"], "dataset": cfg.dataset, "seed": cfg.seed, "mode": cfg.mode,
+              "method": "backprop" if cfg.backprop else "random" if cfg.hebb_epochs == 0 else "hebbian",
+              "r1": sum(s["r1"] for s in hebb_stats.values()), "hebbian_stats": hebb_stats,
               "seconds": {"data": round(t_data - t0, 2), "hebbian": round(t_hebb - t_data, 2),
                           "features": round(t_feat - t_hebb, 2), "probe": round(t_probe - t_feat, 2),
                           "total": round(time.perf_counter() - t0, 2)},

@@ -65,6 +65,7 @@ def hebbian_phase(
     checkpoint_every: int = 0,
     start: dict | None = None,
     parallel: Parallel | None = None,
+    precision: str = "fp32",
 ) -> None:
     """Train the Hebbian blocks without labels.
 
@@ -82,7 +83,8 @@ def hebbian_phase(
     {"stage", "epoch", "batch"} = the next batch to train (the end-of-epoch one comes before that
     epoch's log row). ``start`` is such a position: the caller has restored the model state saved
     with it, and training continues exactly where it was. ``parallel`` splits every global batch
-    over ranks (see softhebb.distributed).
+    over ranks (see softhebb.distributed). ``precision="bf16"`` runs the forward and the Σỹx / Σỹu
+    products under bf16 autocast; the sums are accumulated and applied in fp32.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -129,11 +131,12 @@ def hebbian_phase(
                     if b < skip:
                         continue
                     local = parallel.shard(idx) if parallel is not None else idx
-                    h = as_input(images[local].to(device, non_blocking=True))
-                    for i in range(depth - 1):
-                        h = model.blocks[i](h)
-                    last = model.blocks[depth - 1]
-                    last.layer(last.pre(h))  # the deepest trained block's activation and pool are not needed
+                    with _autocast(device, precision):
+                        h = as_input(images[local].to(device, non_blocking=True))
+                        for i in range(depth - 1):
+                            h = model.blocks[i](h)
+                        last = model.blocks[depth - 1]
+                        last.layer(last.pre(h))  # the deepest trained block's activation and pool are not needed
                     if parallel is not None:
                         parallel.reduce_pending(layers)
                     for layer in layers:
@@ -173,14 +176,26 @@ def _check_finite(model: SoftHebbNet, stage: list[int], update0: list[int], n_ba
             f"images; training stopped before saving anything after that batch")
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 @torch.no_grad()
 def extract_features(model: SoftHebbNet, images: torch.Tensor, batch_size: int = 250, progress: bool = False,
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Flattened outputs of all hidden blocks (eval mode), computed once for the whole probe."""
+                     dtype: torch.dtype = torch.float32, precision: str = "fp32") -> torch.Tensor:
+    """Flattened outputs of all hidden blocks (eval mode), computed once for the whole probe.
+
+    ``precision="bf16"`` computes them under bf16 autocast; they are stored as ``dtype``.
+    """
     model.eval()
     device = _device(model)
     out = torch.empty(images.shape[0], model.num_features, dtype=dtype, device=device)
-    with _progress(images.shape[0], "features", progress) as bar:
+    with _progress(images.shape[0], "features", progress) as bar, _autocast(device, precision):
         for start in range(0, images.shape[0], batch_size):
             x = as_input(images[start:start + batch_size].to(device, non_blocking=True))
             out[start:start + x.shape[0]] = model.features(x).flatten(1)

@@ -1,0 +1,115 @@
+"""CUDA check and speed in one short script, for a lent GPU machine (about 2–4 minutes on an H100).
+
+    python benchmarks/gpu_check.py --out gpu.json          # on the GPU machine
+    python benchmarks/gpu_check.py --device cpu --small    # dry run of the same code path here
+
+1. Equality: the same 4SoftHebbCnnCIFAR (seed 0) trained for 30 batches of 10 successive-mode
+   images on the CPU and on the device (TF32 off) must agree to 1e-4 relative in every Hebbian
+   weight; also the features and a probe epoch's logits.
+2. Speed on the device, data resident there (uint8), no per-batch host sync: Hebbian img/s per
+   stage at batch 10 and 100, fp32 and bf16 autocast; feature extraction img/s; seconds per probe
+   epoch on 50,000 × 24,576 features; peak device memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from softhebb import train
+from softhebb.network import build_model
+
+PRESET, SHAPE = "4SoftHebbCnnCIFAR", (3, 32, 32)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device: torch.device, fn) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def equality(device: torch.device, preset: str, n: int) -> dict:
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    images = torch.randint(0, 256, (n, *SHAPE), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    models = {}
+    for where in ("cpu", device):
+        m = build_model(preset, SHAPE, 10, seed=0).to(where)
+        train.hebbian_phase(m, images.to(where), "successive", batch_size=10, progress=False)
+        models[str(where)] = m
+    cpu, dev = models["cpu"], models[str(device)]
+    rel = {}
+    for i in cpu.hebbian_block_indices():
+        a, b = cpu.blocks[i].layer.weight, dev.blocks[i].layer.weight.cpu()
+        rel[f"block{i}_weight"] = float((a - b).abs().max() / a.abs().max())
+    fa, fb = train.extract_features(cpu, images[:50]), train.extract_features(dev, images[:50].to(device)).cpu()
+    rel["features"] = float((fa - fb).abs().max() / fa.abs().max().clamp(min=1e-12))
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    return {"max_rel_diff": rel, "ok": all(v <= 1e-4 for v in rel.values())}
+
+
+def speed(device: torch.device, preset: str, n: int, batches: list[int], n_feat: int, probe_rows: int) -> dict:
+    out: dict = {"hebbian": [], "features": [], "probe": {}}
+    images = torch.randint(0, 256, (n, *SHAPE), dtype=torch.uint8, device=device)
+    for precision in ("fp32", "bf16"):
+        for b in batches:
+            m = build_model(preset, SHAPE, 10, seed=0).to(device)
+            train.hebbian_phase(m, images[:4 * b], "successive", batch_size=b, progress=False, precision=precision)
+            seconds: dict[int, float] = {}
+            total = timed(device, lambda: train.hebbian_phase(
+                m, images, "successive", batch_size=b, progress=False, precision=precision,
+                log=lambda row: seconds.__setitem__(row["block"], row["seconds"])))
+            out["hebbian"].append({"precision": precision, "batch": b, "img_per_s_all_stages": n / total,
+                                   "img_per_s_per_stage": {i: n / s for i, s in seconds.items()}})
+            print(out["hebbian"][-1], flush=True)
+        feats = torch.randint(0, 256, (n_feat, *SHAPE), dtype=torch.uint8, device=device)
+        train.extract_features(m, feats[:500], precision=precision)
+        t = timed(device, lambda: train.extract_features(m, feats, batch_size=1000, precision=precision))
+        out["features"].append({"precision": precision, "img_per_s": n_feat / t})
+        print(out["features"][-1], flush=True)
+    x = torch.rand(probe_rows, m.num_features, device=device)
+    y = torch.randint(0, 10, (probe_rows,), device=device)
+    train.train_probe(m, x[:1000], y[:1000], x[:1000], y[:1000], epochs=1, progress=False)
+    out["probe"] = {"rows": probe_rows, "s_per_epoch": timed(device, lambda: train.train_probe(
+        m, x, y, x[:1000], y[:1000], epochs=1, progress=False))}
+    print(out["probe"], flush=True)
+    if device.type == "cuda":
+        out["peak_device_memory_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--small", action="store_true", help="tiny sizes, for a dry run on a CPU")
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    if a.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("gpu_check: CUDA is not available on this machine (use --device cpu --small for a dry run)")
+    device = torch.device(a.device)
+    preset = "4SoftHebbCnnCIFAR_quarterNeurons" if a.small else PRESET
+    res = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "torch": torch.__version__,
+           "preset": preset}
+    res["equality"] = equality(device, preset, 40 if a.small else 300)
+    print(res["equality"], flush=True)
+    res |= speed(device, preset, 100 if a.small else 20_000, [10] if a.small else [10, 100], 200 if a.small else 20_000,
+                 2_000 if a.small else 50_000)
+    if a.out:
+        a.out.write_text(json.dumps(res, indent=2))
+    if not res["equality"]["ok"]:
+        sys.exit("gpu_check: device results differ from the CPU")
+
+
+if __name__ == "__main__":
+    main()

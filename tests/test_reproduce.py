@@ -1,0 +1,106 @@
+"""Run options behind the baselines (backprop, random BN, block overrides, bf16) and the reproduction runner."""
+
+import csv
+import json
+
+import pytest
+import torch
+
+from softhebb import reproduce, train
+from softhebb.cli import main
+from softhebb.network import build_model
+from softhebb.reproduce import Cell, Experiment
+from softhebb.run import RunConfig, RunError, load_run, run
+
+SLICE = dict(dataset="mnist", train_limit=200, test_limit=200, probe_epochs=1, eval_every=1)
+
+
+def test_backprop_preset_trains_end_to_end(data_root, tmp_path):
+    res = run(RunConfig(preset="2CnnCIFAR", **{**SLICE, "probe_epochs": 2}), tmp_path / "bp", data_root,
+              progress=False, echo=False)
+    assert res["method"] == "backprop" and res["test_acc"] > 60  # 200 images, 2 epochs: far above chance
+    model, config = load_run(tmp_path / "bp")
+    assert config["run"]["bp_mode"] == "end-to-end"
+    with pytest.raises(RunError, match="without checkpoints"):
+        run(RunConfig(preset="2CnnCIFAR", **SLICE), tmp_path / "bp2", data_root, checkpoint_every=5, progress=False)
+
+
+def test_random_baseline_bn_variants(data_root, tmp_path):
+    ident = run(RunConfig(preset="2SoftHebbCnnCIFAR", hebb_epochs=0, **SLICE), tmp_path / "id", data_root, progress=False, echo=False)
+    data = run(RunConfig(preset="2SoftHebbCnnCIFAR", hebb_epochs=0, random_bn="data", **SLICE), tmp_path / "data", data_root,
+               progress=False, echo=False)
+    assert ident["method"] == data["method"] == "random"
+    m_id, _ = load_run(tmp_path / "id")
+    m_data, _ = load_run(tmp_path / "data")
+    bn_id, bn_data = m_id.blocks[0].pre[0], m_data.blocks[0].pre[0]
+    assert torch.equal(bn_id.running_mean, torch.zeros(1)) and torch.equal(bn_id.running_var, torch.ones(1))
+    assert 0.05 < float(bn_data.running_mean) < 0.3  # MNIST's mean pixel is about 0.13
+    assert torch.equal(m_id.blocks[0].layer.weight, m_data.blocks[0].layer.weight)  # same untrained weights
+
+
+def test_block_overrides_reach_every_hebbian_block_and_are_validated():
+    cfg = RunConfig(preset="4SoftHebbCnnCIFAR", block_overrides={"rule": "soft", "t_invert": 0.5})
+    blocks = cfg.resolved_preset()["blocks"]
+    assert all(b["rule"] == "soft" and b["t_invert"] == 0.5 for b in blocks)
+    with pytest.raises(Exception, match="t_invert"):
+        RunConfig(preset="4SoftHebbCnnCIFAR", block_overrides={"t_invert": -1})
+    with pytest.raises(Exception, match="unknown field"):
+        RunConfig(preset="4SoftHebbCnnCIFAR", block_overrides={"t_inverted": 1})
+
+
+def test_datasets_without_a_wired_protocol_are_refused_clearly():
+    with pytest.raises(RunError, match="not wired"):
+        RunConfig(preset="5SoftHebbCnnSTL", dataset="stl10")
+
+
+def test_bf16_hebbian_phase_stays_close_to_fp32():
+    images = torch.randint(0, 256, (60, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    weights = {}
+    for precision in ("fp32", "bf16"):
+        model = build_model("4SoftHebbCnnCIFAR_quarterNeurons", (3, 32, 32), 10, seed=0)
+        train.hebbian_phase(model, images, batch_size=10, progress=False, precision=precision)
+        weights[precision] = [model.blocks[i].layer.weight for i in model.hebbian_block_indices()]
+        assert all(w.dtype == torch.float32 for w in weights[precision])
+        feats = train.extract_features(model, images[:20], precision=precision)
+        assert feats.dtype == torch.float32 and torch.isfinite(feats).all()
+    for a, b in zip(weights["fp32"], weights["bf16"]):
+        rel = float((a - b).norm() / a.norm())
+        assert 0 < rel < 0.02, rel  # bf16 really ran (not bit-identical) and stayed close
+
+
+def test_reproduce_runs_a_grid_resumes_and_writes_tables(data_root, tmp_path, monkeypatch):
+    cells = lambda dataset: [  # noqa: E731
+        Cell("softhebb", 1, {"preset": "2SoftHebbCnnCIFAR"}, 71.1),
+        Cell("random", 1, {"preset": "2SoftHebbCnnCIFAR", "hebb_epochs": 0}, 64.0),
+        Cell("bp", 1, {"preset": "2CnnCIFAR"}, None),
+    ]
+    monkeypatch.setitem(reproduce.EXPERIMENTS, "tiny", Experiment("tiny", "tiny grid", "hidden layers", ("mnist",), cells))
+    opts = {k: v for k, v in SLICE.items() if k != "dataset"}
+    rows = reproduce.reproduce("tiny", tmp_path, ["mnist"], 2, str(data_root), opts, progress=False, echo=lambda s: None)
+    assert len(rows) == 6 and {r["method"] for r in rows} == {"softhebb", "random", "bp"}
+    root = tmp_path / "tiny"
+    with open(root / "runs.csv") as f:
+        assert len(list(csv.DictReader(f))) == 6
+    table = (root / "tiny.md").read_text()
+    assert "| mnist | softhebb | 1 | 2 |" in table and "71.10" in table
+    assert (root / "tiny.png").exists() or (root / "tiny.png.missing").exists()
+    stamp = {p: p.stat().st_mtime_ns for p in root.glob("*/result.json")}
+    reproduce.reproduce("tiny", tmp_path, ["mnist"], 2, str(data_root), opts, progress=False, echo=lambda s: None)
+    assert stamp == {p: p.stat().st_mtime_ns for p in root.glob("*/result.json")}  # finished runs are skipped
+
+
+def test_reproduce_cli_lists_and_rejects_unknown(capsys):
+    assert main(["reproduce", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in ("fig1", "fig3", "fig4", "figB1", "figB3a", "figB4", "table1"))
+    assert main(["reproduce", "fig9"]) == 2
+    assert "unknown experiment" in capsys.readouterr().err
+    assert main(["reproduce", "fig1", "--dataset", "stl10"]) == 2
+
+
+def test_every_experiment_cell_is_a_valid_run_config():
+    for exp in reproduce.EXPERIMENTS.values():
+        for dataset in exp.datasets:
+            for cell in exp.cells(dataset):
+                if dataset in ("mnist", "fashion-mnist", "cifar10", "cifar100"):
+                    RunConfig(dataset=dataset, **cell.config)
