@@ -10,6 +10,7 @@ Measures, with torch.get_num_threads() threads and random uint8 images (no datas
     blocks simultaneously, vs softhebb's hebbian_phase (successive: per-stage time from its log,
     only the prefix is computed; simultaneous) at several batch sizes;
   * feature extraction img/s (softhebb extract_features, batch 250, vs the baseline's eval forward);
+  * the same two with --precision bf16 (bf16 autocast; its % of peak is still against the fp32 peak);
   * seconds per probe epoch on random cached features (train_probe vs Dropout + Linear + Adam);
   * peak RSS.
 FLOPs are analytic ("useful" work, the same count for both paths): a conv forward is
@@ -91,12 +92,14 @@ def baseline_hebbian(model, data: torch.Tensor, blocks: list[int], batch: int) -
     return data.shape[0] / timed(lambda: original.hebbian_epoch(net, data, blocks, batch))
 
 
-def softhebb_hebbian(preset: str, images: torch.Tensor, mode: str, batch: int, seed: int) -> dict[int, float]:
+def softhebb_hebbian(preset: str, images: torch.Tensor, mode: str, batch: int, seed: int,
+                     precision: str = "fp32") -> dict[int, float]:
     """img/s of each stage of hebbian_phase (successive: one per block; simultaneous: one for all)."""
     model = build_model(preset, SHAPE, CLASSES, seed=seed)
-    train.hebbian_phase(model, images[:max(2 * batch, 20)], mode, batch_size=batch, progress=False)  # warm-up
+    train.hebbian_phase(model, images[:max(2 * batch, 20)], mode, batch_size=batch, progress=False,
+                        precision=precision)  # warm-up
     seconds: dict[int, float] = {}
-    total = timed(lambda: train.hebbian_phase(model, images, mode, batch_size=batch, progress=False,
+    total = timed(lambda: train.hebbian_phase(model, images, mode, batch_size=batch, progress=False, precision=precision,
                                               log=lambda row: seconds.__setitem__(row["block"], row["seconds"])))
     if mode == "simultaneous":
         return {-1: images.shape[0] / total}
@@ -152,6 +155,8 @@ def main() -> None:
         row(heb, "softhebb: successive, all stages", b, 1 / sum(1 / s for s in stages.values()), all_flops, base["all"])
         row(heb, "softhebb: simultaneous", b, softhebb_hebbian(preset, images, "simultaneous", b, a.seed)[-1],
             stage_flops(fwd, every), base["sim"])
+        stages = softhebb_hebbian(preset, images, "successive", b, a.seed, "bf16")  # against the fp32 peak, too
+        row(heb, "softhebb bf16: successive, all stages", b, 1 / sum(1 / s for s in stages.values()), all_flops, base["all"])
     res["rss_after_hebbian_mb"] = peak_rss_mb()
 
     feat_images = torch.randint(0, 256, (n_feat, *SHAPE), dtype=torch.uint8)
@@ -168,6 +173,9 @@ def main() -> None:
     res["features"][0]["speedup"] = 1.0
     row(res["features"], "softhebb: extract_features", 250, n_feat / timed(lambda: train.extract_features(model, feat_images)),
         sum(fwd), ref)
+    train.extract_features(model, feat_images[:250], precision="bf16")
+    row(res["features"], "softhebb bf16: extract_features", 250,
+        n_feat / timed(lambda: train.extract_features(model, feat_images, precision="bf16")), sum(fwd), ref)
     del feat_data, feat_images
     res["rss_after_features_mb"] = peak_rss_mb()
 
