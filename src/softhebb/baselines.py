@@ -28,7 +28,7 @@ RANDOM_BN = ("identity", "data")
 def _bp_epochs(model: SoftHebbNet, params: list[nn.Parameter], images: torch.Tensor, labels: torch.Tensor, epochs: int,
                batch_size: int, lr: float, gen: torch.Generator, augment, name: str, log: Logger | None,
                progress: bool, test: tuple[torch.Tensor, torch.Tensor] | None, eval_every: int) -> dict[str, float]:
-    opt = torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam(params, lr=lr, fused=True)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=step_lr_milestones(epochs), gamma=0.5)
     device, n, result = _device(model), images.shape[0], {}
     with _progress(epochs, name, progress, unit="epoch") as bar:

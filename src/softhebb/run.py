@@ -468,8 +468,10 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
             if cfg.hebb_epochs == 0 and cfg.random_bn == "data":
                 calibrate_batchnorm(model, x_train)
             t_hebb = time.perf_counter()
-            f_train = extract_features(model, rows(x_train), progress=progress and lead, precision=cfg.precision)
-            f_test = extract_features(model, rows(x_test), progress=progress and lead, precision=cfg.precision)
+            # bf16 runs also store the features in bf16: half the memory and half the probe's memory traffic
+            fdtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+            f_train = extract_features(model, rows(x_train), progress=progress and lead, dtype=fdtype, precision=cfg.precision)
+            f_test = extract_features(model, rows(x_test), progress=progress and lead, dtype=fdtype, precision=cfg.precision)
             t_feat = time.perf_counter()
             probe_start = None
             if ckpt is not None and ckpt["phase"] == "probe":

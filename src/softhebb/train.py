@@ -262,7 +262,7 @@ def train_probe(
     head = model.classifier
     forward = parallel.wrap_head(model) if parallel is not None else model.head
     world = parallel.world_size if parallel is not None else 1
-    opt = torch.optim.Adam(head.parameters(), lr=lr)
+    opt = torch.optim.Adam(head.parameters(), lr=lr, fused=True)  # one kernel per step: the probe is overhead-bound
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=step_lr_milestones(epochs), gamma=0.5)
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed + (parallel.rank << 20 if parallel is not None else 0))  # dropout masks, different per rank
