@@ -248,9 +248,11 @@ def test_noise_and_attacks_at_zero_equal_clean_accuracy(fitted):
 def test_pgd_is_non_increasing_in_eps_and_stronger_than_noise(fitted):
     model, x, y = fitted
     for norm, eps in (("linf", [0.0, 0.01, 0.03, 0.1, 0.3]), ("l2", [0.0, 0.3, 1.0, 3.0])):
-        accs = [r["acc"] for r in A.attack_accuracy(model, x, y, eps, norm, steps=5, seed=1)]
-        assert all(a >= b for a, b in zip(accs, accs[1:])), accs
-        assert accs[-1] < accs[0]  # gradients reach the input through the frozen Hebbian layers
+        # each ε attacked on its own (the reported curve is nested, hence monotone by construction)
+        alone = [A.attack_accuracy(model, x, y, [e], norm, steps=5, seed=1)[0]["acc"] for e in eps]
+        assert alone[0] > alone[-1] and alone[1] >= alone[-1], alone  # a larger budget breaks more
+        fgsm = A.attack_accuracy(model, x, y, [eps[-2]], norm, steps=0, seed=1)[0]["acc"]
+        assert alone[-2] <= fgsm + 5, (alone, fgsm)  # iterating does not weaken the attack
     assert all(layer.pending is None for layer in model.modules() if hasattr(layer, "zero_pending"))
     assert not model.training and not any(m.training for m in model.modules())
 

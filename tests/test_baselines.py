@@ -43,6 +43,7 @@ def test_layerwise_trains_one_stage_at_a_time():
         seen.append(row["phase"])
         if row["phase"] == "backprop block 0":
             assert torch.equal(model.classifier.weight, head0)  # the classifier stays random while block 0 trains
+            assert torch.equal(model.blocks[1].pre[0].running_mean, torch.zeros(8))  # block 1's BN stays in eval mode
             assert not torch.equal(model.blocks[0].layer.weight, block0)
         if row["phase"] == "backprop block 1":
             assert torch.equal(model.classifier.weight, head0)

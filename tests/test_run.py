@@ -89,9 +89,8 @@ def test_corrupt_file_names_file_and_expected_checksum(data_root, tmp_path, caps
     assert "t10k-labels-idx1-ubyte" in err and "sha256" in err
 
 
-def test_backprop_presets_are_refused_until_bp_training_exists():
-    with pytest.raises(RunError, match="backprop blocks"):
-        RunConfig(preset="4CnnCIFAR")
+def test_backprop_presets_are_recognised():
+    assert RunConfig(preset="4CnnCIFAR").backprop and not RunConfig().backprop
 
 
 def test_bad_config_values_are_rejected():

@@ -25,15 +25,18 @@ BP_MODES = ("end-to-end", "layerwise")
 RANDOM_BN = ("identity", "data")
 
 
-def _bp_epochs(model: SoftHebbNet, params: list[nn.Parameter], images: torch.Tensor, labels: torch.Tensor, epochs: int,
+def _bp_epochs(model: SoftHebbNet, trained: list[nn.Module], images: torch.Tensor, labels: torch.Tensor, epochs: int,
                batch_size: int, lr: float, gen: torch.Generator, augment, name: str, log: Logger | None,
                progress: bool, test: tuple[torch.Tensor, torch.Tensor] | None, eval_every: int) -> dict[str, float]:
-    opt = torch.optim.Adam(params, lr=lr, fused=True)
+    """Adam + step-halving epochs of cross-entropy on the parameters of ``trained`` (the rest in eval mode)."""
+    opt = torch.optim.Adam([p for m in trained for p in m.parameters()], lr=lr, fused=True)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=step_lr_milestones(epochs), gamma=0.5)
     device, n, result = _device(model), images.shape[0], {}
     with _progress(epochs, name, progress, unit="epoch") as bar:
         for epoch in range(1, epochs + 1):
-            model.train()
+            model.eval()  # blocks not being trained keep their BatchNorm statistics (and the head its dropout off)
+            for m in trained:
+                m.train()
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), dtype=torch.long, device=device)
             cur_lr = opt.param_groups[0]["lr"]
@@ -89,22 +92,22 @@ def train_backprop(
     if model.hebbian_block_indices():
         raise ValueError("train_backprop needs a preset whose blocks are all 'rule: bp' (e.g. 4CnnCIFAR); "
                          f"blocks {model.hebbian_block_indices()} are Hebbian")
-    gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout masks
     test = None if test_images is None else (test_images, test_labels)
     if mode == "end-to-end":
-        return _bp_epochs(model, list(model.parameters()), images, labels, epochs, batch_size, lr, gen, augment,
-                          "backprop", log, progress, test, eval_every)
-    stages = [(f"backprop block {i}", list(b.parameters())) for i, b in enumerate(model.blocks)]
-    stages.append(("backprop classifier", list(model.classifier.parameters())))
+        return _bp_epochs(model, [model], images, labels, epochs, batch_size, lr, torch.Generator().manual_seed(seed),
+                          augment, "backprop", log, progress, test, eval_every)
+    # The original's successive mode: each phase re-seeds its data order; only the trained block is in train mode.
+    stages = [(f"backprop block {i}", [b]) for i, b in enumerate(model.blocks)]
+    stages.append(("backprop classifier", [model.dropout, model.classifier]))
     result: dict[str, float] = {}
-    for name, params in stages:
+    for name, trained in stages:
         for p in model.parameters():
             p.requires_grad_(False)
-        for p in params:
-            p.requires_grad_(True)
-        result = _bp_epochs(model, params, images, labels, epochs, batch_size, lr, gen, augment, name, log, progress,
-                            test, eval_every)
+        for m in trained:
+            m.requires_grad_(True)
+        result = _bp_epochs(model, trained, images, labels, epochs, batch_size, lr, torch.Generator().manual_seed(seed),
+                            augment, name, log, progress, test, eval_every)
     for p in model.parameters():
         p.requires_grad_(True)
     return result
@@ -122,12 +125,13 @@ def calibrate_batchnorm(model: SoftHebbNet, images: torch.Tensor, batch_size: in
         bns = [m for m in block.pre if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         if not bns:
             continue
+        momenta = [m.momentum for m in bns]
         for m in bns:
             m.reset_running_stats()
             m.momentum = None  # cumulative average: independent of the batch order
             m.train()
         for start in range(0, images.shape[0], batch_size):
             block.pre(model.features(as_input(images[start:start + batch_size].to(device)), depth))
-        for m in bns:
-            m.momentum = 0.1
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
             m.eval()

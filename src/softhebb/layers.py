@@ -87,8 +87,9 @@ class _HebbianLayer(nn.Module):
     @torch.no_grad()
     def _accumulate(self, x: torch.Tensor, u: torch.Tensor) -> None:
         y, winner = P.post_synaptic(u, self.rule, self.t_invert, self.groups)
-        # Under bf16 autocast u is bf16: the sums run in bf16 (the fast part) but accumulate and update in fp32.
-        yx, yu = self._hebbian_terms(x.to(u.dtype), y.to(u.dtype), u)
+        # Under bf16 autocast u is bf16: Σỹx (the costly product) comes out of a bf16 kernel, while Σỹu,
+        # the accumulation over batches and the update stay fp32.
+        yx, yu = self._hebbian_terms(x, y, u)
         yx, yu = yx.to(self.weight.dtype), yu.to(self.weight.dtype)
         if self._yx is None:
             self._yx, self._yu = yx, yu

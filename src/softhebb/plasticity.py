@@ -73,6 +73,8 @@ def hebbian_terms_conv(
     """
     k_out, c_in_g, kh, kw = weight_shape
     n = x.shape[0]
+    yu = _sum_yu(y, u, dims=(0, 2, 3))
+    x, y = x.to(u.dtype), y.to(u.dtype)  # the conv's dtype (bf16 under autocast)
     length = u.shape[2] * u.shape[3]
     if method == "auto":
         method = "gemm" if n * length < k_out else "kernel"
@@ -85,13 +87,18 @@ def hebbian_terms_conv(
         yx = torch.bmm(yg, patches).view(weight_shape)
     else:
         raise ValueError(f"method must be 'auto', 'kernel' or 'gemm', got {method!r}")
-    yu = (y * u).sum(dim=(0, 2, 3))
     return yx, yu
+
+
+def _sum_yu(y: torch.Tensor, u: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Σ ỹ·u in at least fp32: it cancels against Σ ỹ·x as weights converge, so bf16 rounding would show."""
+    acc = torch.promote_types(torch.promote_types(y.dtype, u.dtype), torch.float32)
+    return (y.to(acc) * u.to(acc)).sum(dim=dims)
 
 
 def hebbian_terms_linear(x: torch.Tensor, y: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(Σ ỹ·x, Σ ỹ·u) for a linear layer, summed over the batch."""
-    return y.t() @ x, (y * u).sum(dim=0)
+    return y.to(u.dtype).t() @ x.to(u.dtype), _sum_yu(y, u, dims=(0,))
 
 
 def delta_weight(yx: torch.Tensor, yu: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> torch.Tensor:

@@ -33,7 +33,7 @@ from typing import Any, Callable
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from . import __version__, distributed
 from .data import DATASETS, load_dataset
@@ -100,8 +100,7 @@ class RunConfig:
         need(self.bp_mode in BP_MODES, "bp_mode", f"one of {BP_MODES}")
         need(self.block_overrides is None or isinstance(self.block_overrides, dict), "block_overrides",
              "None or a dict of block fields")
-        rules = {b["rule"] == "bp" for b in self.resolved_preset()["blocks"]}  # unknown preset → PresetError
-        need(len(rules) <= 1, "preset", "a preset whose blocks are all Hebbian or all backprop (mixed is not supported)")
+        self.resolved_preset()  # unknown preset or bad override → PresetError
 
     @property
     def backprop(self) -> bool:
@@ -125,7 +124,7 @@ def resolve_device(device: str) -> torch.device:
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
+    """Write to a temp file in the same folder, fsync, rename over ``path``, fsync the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -137,6 +136,11 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a power cut
+    finally:
+        os.close(dir_fd)
 
 
 def _subset(images: torch.Tensor, labels: torch.Tensor, limit: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -181,14 +185,7 @@ def _remove_temp_files(out: Path) -> None:
 
 def save_model(model: SoftHebbNet, path: Path, config: dict) -> None:
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"softhebb_config": json.dumps(config)})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, save(state, metadata={"softhebb_config": json.dumps(config)}))
 
 
 def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[SoftHebbNet, dict]:
@@ -250,21 +247,7 @@ def save_checkpoint(path: Path, state: dict) -> None:
     """One safetensors file (tensors + the rest as JSON metadata), fsynced, then renamed into place."""
     tensors: dict[str, torch.Tensor] = {}
     meta = json.dumps(_pack(state, tensors, ""))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"softhebb_checkpoint": meta})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a power cut
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, save(tensors, metadata={"softhebb_checkpoint": meta}))
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -525,6 +508,6 @@ def evaluate_run(run_dir: str | os.PathLike, dataset: str | None = None, data_di
         raise RunError(f"run {run_dir} was trained on inputs of shape {tuple(config['in_shape'])}, "
                        f"but {name} images have shape {tuple(test.images.shape[1:])}")
     x, y = _subset(test.images, test.labels, limit, config["run"]["seed"])  # the subset `train --test-limit` used
-    feats = extract_features(model, x.to(dev))
+    feats = extract_features(model, x.to(dev), precision=config["run"].get("precision", "fp32"))
     res = evaluate(model, feats, y.to(dev))
     return {"dataset": name, "test_acc": res["acc"], "test_loss": res["loss"], "n": int(y.numel())}

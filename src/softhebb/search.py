@@ -41,7 +41,7 @@ import torch
 
 from .data import DATA_ENV, DATASETS, load_dataset
 from .network import build_model, get_preset
-from .run import RunError, _subset, atomic_write, resolve_device
+from .run import IN_MEMORY, RunError, _subset, atomic_write, resolve_device
 from .train import MODES, NonFiniteError, extract_features, hebbian_phase, train_probe
 
 if TYPE_CHECKING:
@@ -210,6 +210,8 @@ def search(cfg: SearchConfig, out: str | os.PathLike, study_name: str | None = N
         return study
 
     device = resolve_device(cfg.device)
+    if cfg.dataset not in IN_MEMORY:
+        raise RunError(f"search runs on in-memory datasets ({', '.join(IN_MEMORY)}); {cfg.dataset} is not one yet")
     train = load_dataset(cfg.dataset, "train", data_dir)  # the test split is never loaded
     images, labels = _subset(train.images, train.labels, cfg.train_limit, cfg.seed)
     tr, va = validation_split(labels.numel(), cfg.val_fraction, cfg.seed)

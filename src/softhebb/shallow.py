@@ -82,6 +82,9 @@ def post_hoc_loss(model: SoftHebbNet, images: torch.Tensor, labels: torch.Tensor
     rows: list[dict[str, float]] = []
 
     def record(position: dict | None = None) -> None:
+        last = position is not None and position["batch"] * batch_size >= images.shape[0]
+        if position is not None and position["batch"] % every and not last:
+            return
         f = extract_features(model, eval_x)
         with torch.no_grad():
             logits = model.head(f)
@@ -93,7 +96,6 @@ def post_hoc_loss(model: SoftHebbNet, images: torch.Tensor, labels: torch.Tensor
     layer.weight.copy_(start_weight)
     layer.num_updates.zero_()
     record()
-    hebbian_phase(model, images, epochs=epochs, batch_size=batch_size, seed=seed, progress=False,
-                  checkpoint=record, checkpoint_every=every)
+    hebbian_phase(model, images, epochs=epochs, batch_size=batch_size, seed=seed, progress=False, on_batch=record)
     model.eval()
     return rows

@@ -66,6 +66,7 @@ def hebbian_phase(
     start: dict | None = None,
     parallel: Parallel | None = None,
     precision: str = "fp32",
+    on_batch: Callable[[dict], None] | None = None,
 ) -> None:
     """Train the Hebbian blocks without labels.
 
@@ -84,7 +85,8 @@ def hebbian_phase(
     epoch's log row). ``start`` is such a position: the caller has restored the model state saved
     with it, and training continues exactly where it was. ``parallel`` splits every global batch
     over ranks (see softhebb.distributed). ``precision="bf16"`` runs the forward and the Σỹx / Σỹu
-    products under bf16 autocast; the sums are accumulated and applied in fp32.
+    products under bf16 autocast; the sums are accumulated and applied in fp32. ``on_batch(position)``
+    runs after every update, with the position of the next batch (for monitoring).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -142,6 +144,8 @@ def hebbian_phase(
                     for layer in layers:
                         layer.step()
                     bar.update(idx.numel())
+                    if on_batch is not None:
+                        on_batch({"stage": s, "epoch": epoch, "batch": b + 1})
                     if checkpoint_every and (b + 1) % checkpoint_every == 0 and b + 1 < n_batches:
                         _check_finite(model, stage, update0, n_batches)
                         if checkpoint:

@@ -16,7 +16,7 @@ import torch
 
 from ..data import DATA_ENV, DATASETS, load_dataset
 from ..network import build_model
-from ..run import RunError, _subset, load_run
+from ..run import IN_MEMORY, RunError, _subset, load_run
 from . import plots
 from .dynamics import compare_schedules, record_dynamics
 from .geometry import receptive_fields
@@ -72,6 +72,8 @@ def load_data(config: dict, split: str, data_dir: str | os.PathLike | None, data
               limit: int | None, seed: int = 0) -> Data:
     """A seeded subset (same for every run given the same seed) of a split, checked against the run's input shape."""
     name = dataset or config["run"]["dataset"]
+    if name not in IN_MEMORY:
+        raise RunError(f"analyses read in-memory datasets ({', '.join(IN_MEMORY)}); {name} is not one yet")
     ds = load_dataset(name, split, data_dir)
     if tuple(ds.images.shape[1:]) != tuple(config["in_shape"]):
         raise RunError(f"the run was trained on inputs of shape {tuple(config['in_shape'])}, "
