@@ -87,6 +87,7 @@ def test_reproduce_runs_a_grid_resumes_and_writes_tables(data_root, tmp_path, mo
     stamp = {p: p.stat().st_mtime_ns for p in root.glob("*/result.json")}
     reproduce.reproduce("tiny", tmp_path, ["mnist"], 2, str(data_root), opts, progress=False, echo=lambda s: None)
     assert stamp == {p: p.stat().st_mtime_ns for p in root.glob("*/result.json")}  # finished runs are skipped
+    assert len(reproduce.reproduce("tiny", tmp_path, ["mnist"], 3, None, opts, echo=lambda s: None, summary_only=True)) == 6
 
 
 def test_reproduce_cli_lists_and_rejects_unknown(capsys):

@@ -96,6 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--option", dest="overrides", type=_block_override, action="append", default=None, metavar="FIELD=VALUE",
                    help="override a run option for every run, e.g. --option probe_epochs=10 --option train_limit=10000 "
                    "(runs then differ from the paper's protocol: use another --out)")
+    r.add_argument("--summary-only", action="store_true", help="run nothing; tabulate the runs that have finished")
     r.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(reproduce.list_experiments())
                 return 0
             reproduce.reproduce(args.experiment, args.out, args.dataset, args.seeds, args.data_dir,
-                                dict(args.overrides or []), progress=not args.no_progress)
+                                dict(args.overrides or []), progress=not args.no_progress, summary_only=args.summary_only)
             return 0
         if args.command == "presets":
             if args.name:

@@ -144,7 +144,17 @@ def _table2(dataset: str) -> list[Cell]:
             Cell("random", "5 hidden", {"preset": "6SoftHebbCnnImNet", "hebb_epochs": 0})]
 
 
+def _core(dataset: str) -> list[Cell]:
+    """The headline numbers: the CIFAR-10 depth series and our MNIST CNN presets (the paper ships none)."""
+    presets = {"cifar10": [("2SoftHebbCnnCIFAR", 71.11), ("3SoftHebbCnnCIFAR", 77.70), ("4SoftHebbCnnCIFAR", 80.31)],
+               "mnist": [("SoftHebbCnnMNIST", 99.4), ("SoftHebbCnnMNIST_2layer", 99.4)],
+               "fashion-mnist": [("SoftHebbCnnMNIST", None)]}[dataset]
+    return [Cell("softhebb", p, {"preset": p}, paper) for p, paper in presets]
+
+
 EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
+    Experiment("core", "Headline accuracies: CIFAR-10 1/2/3 hidden layers, MNIST, Fashion-MNIST", "preset",
+               ("cifar10", "mnist", "fashion-mnist"), _core, default_seeds=2),
     Experiment("fig1", "Fig. 1: CIFAR-10 accuracy vs number of hidden layers", "hidden layers", ("cifar10",), _fig1),
     Experiment("fig3", "Fig. 3: depth × method (SoftHebb, Hard-WTA, Random, BP)", "hidden layers",
                ("cifar10", "cifar100", "stl10", "imagenette", "mnist", "fashion-mnist"), _depth_cells),
@@ -179,8 +189,11 @@ def _run_name(cfg: RunConfig) -> str:
 
 def reproduce(name: str, out: str | Path, datasets: list[str] | None = None, seeds: int | None = None,
               data_dir: str | None = None, overrides: dict | None = None, progress: bool = True,
-              echo: Callable[[str], None] = print) -> list[dict]:
-    """Run (or resume) an experiment; write runs.csv, <name>.md and <name>.png; return the per-run rows."""
+              echo: Callable[[str], None] = print, summary_only: bool = False) -> list[dict]:
+    """Run (or resume) an experiment; write runs.csv, <name>.md and <name>.png; return the per-run rows.
+
+    ``summary_only``: run nothing, tabulate the runs that have finished.
+    """
     if name not in EXPERIMENTS:
         raise RunError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)} (softhebb reproduce --list)")
     exp = EXPERIMENTS[name]
@@ -200,6 +213,8 @@ def reproduce(name: str, out: str | Path, datasets: list[str] | None = None, see
                 cfg = RunConfig(**{"dataset": dataset, "seed": seed, **cell.config, **(overrides or {})})
                 run_dir = root / _run_name(cfg)
                 result_file = run_dir / "result.json"
+                if not result_file.exists() and summary_only:
+                    continue
                 if not result_file.exists():
                     echo(f"== {name}: {dataset} {cell.method} x={cell.x} seed {seed} -> {run_dir}")
                     run(cfg, run_dir, data_dir, overwrite=True, progress=progress)
@@ -208,6 +223,8 @@ def reproduce(name: str, out: str | Path, datasets: list[str] | None = None, see
                              "preset": result["preset"], "test_acc": result["test_acc"], "paper": cell.paper,
                              "seconds": result["seconds"]["total"], "run_dir": str(run_dir),
                              **{k: result.get(k) for k in exp.extra}})
+    if not rows:
+        raise RunError(f"no finished runs of {name} under {root}")
     _write_outputs(exp, root, rows)
     echo((root / f"{name}.md").read_text())
     return rows
