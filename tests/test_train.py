@@ -133,3 +133,14 @@ def test_fast_dropout_keeps_half_and_rescales():
     assert abs((d4(torch.ones(100000)) > 0).float().mean().item() - 0.6) < 0.01
     with pytest.raises(ValueError, match="dropout p"):
         Dropout(1.0)
+
+
+def test_features_are_the_flattened_nchw_block_outputs():
+    """extract_features computes in channels-last memory layout; values and feature order must not change."""
+    model = build_model("4SoftHebbCnnCIFAR_quarterNeurons", (3, 32, 32), 10, seed=0)
+    x = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        ref = model.eval().features(x.float() / 255).flatten(1)
+    got = extract_features(model, x, batch_size=3)
+    assert got.shape == ref.shape
+    assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
