@@ -112,13 +112,12 @@ class _HebbianLayer(nn.Module):
         """Apply w_k += η_k·Δw_k with Δw normalised by its layer-wide max-abs. Returns False if nothing was accumulated."""
         if self._yx is None:
             return False
-        dw = P.delta_weight(self._yx, self._yu, self.weight, self.groups)
-        rate = self.learning_rate().to(dw.dtype)
-        self.weight.add_(dw * rate.view(-1, *([1] * (dw.dim() - 1))))
+        rate = self.learning_rate().to(self.weight.dtype)
+        dmax = P.apply_update_(self.weight, self._yx, self._yu, rate, self.groups)
         self.num_updates += 1
-        # Recorded on the device: reading it here would sync with the host every batch, so the
-        # training loop reads it at checkpoints and epoch ends (a NaN or Inf anywhere makes the sum non-finite).
-        first_bad = ~torch.isfinite(self.weight.sum()) & (self.first_nonfinite_update < 0)
+        # Recorded on the device: reading it here would sync with the host every batch, so the training
+        # loop reads it at checkpoints and epoch ends. |step| ≤ rate, so finite rates and Δw keep w finite.
+        first_bad = ~(torch.isfinite(dmax).all() & torch.isfinite(rate).all()) & (self.first_nonfinite_update < 0)
         self.first_nonfinite_update.copy_(torch.where(first_bad, self.num_updates, self.first_nonfinite_update))
         self._yx = self._yu = None
         return True

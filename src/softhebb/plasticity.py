@@ -111,6 +111,18 @@ def delta_weight(yx: torch.Tensor, yu: torch.Tensor, weight: torch.Tensor, group
     return (g / (g.abs().amax(dim=1, keepdim=True) + NORM_EPS)).view_as(weight)
 
 
+def apply_update_(weight: torch.Tensor, yx: torch.Tensor, yu: torch.Tensor, rate: torch.Tensor, groups: int = 1) -> torch.Tensor:
+    """In place: w_k += rate_k · Δw_k / max|Δw| — ``delta_weight`` fused into three passes over the weights.
+
+    Returns the per-group max |Δw| (non-finite exactly when the update was).
+    """
+    shape = (-1,) + (1,) * (weight.dim() - 1)
+    dw = torch.addcmul(yx, yu.view(shape), weight, value=-1)
+    dmax = torch.linalg.vector_norm(dw.view(groups, -1), ord=float("inf"), dim=1)
+    weight.addcmul_(dw, (rate / (dmax.repeat_interleave(weight.shape[0] // groups) + NORM_EPS)).view(shape))
+    return dmax
+
+
 def neuron_norms(weight: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """‖w_k‖_p of each neuron's flattened weight vector (the paper's "radius")."""
     return torch.linalg.vector_norm(weight.flatten(1), ord=p, dim=1)
