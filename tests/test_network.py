@@ -112,3 +112,18 @@ def test_unknown_preset_suggests_close_names():
 def test_triangle():
     x = torch.tensor([[[[1.0]], [[2.0]], [[6.0]]]])  # mean 3 over channels
     torch.testing.assert_close(Triangle(2.0)(x).flatten(), torch.tensor([0.0, 0.0, 9.0]))
+
+
+def test_preset_files_load_and_bad_ones_are_named(tmp_path):
+    from softhebb.network import PresetError, get_preset
+    spec = get_preset("2SoftHebbCnnCIFAR")
+    spec["blocks"][0]["t_invert"] = 3.0
+    path = tmp_path / "tuned.json"
+    path.write_text(__import__("json").dumps(spec))
+    loaded = get_preset(str(path))
+    assert loaded["blocks"][0]["t_invert"] == 3.0 and loaded["name"] == "2SoftHebbCnnCIFAR"
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(PresetError, match="bad.json"):
+        get_preset(str(tmp_path / "bad.json"))
+    with pytest.raises(PresetError, match="missing.json"):
+        get_preset(str(tmp_path / "missing.json"))

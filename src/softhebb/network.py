@@ -20,6 +20,7 @@ import json
 import math
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -63,7 +64,19 @@ def list_presets() -> list[str]:
 
 
 def get_preset(name: str) -> dict:
-    """A resolved copy of a preset (block defaults filled in); names are case-insensitive."""
+    """A resolved copy of a preset (block defaults filled in); names are case-insensitive.
+
+    A name ending in ``.json`` is a preset file, e.g. the ``best_preset.json`` of `softhebb search`.
+    """
+    if name.endswith(".json"):
+        path = Path(name)
+        try:
+            spec = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise PresetError(f"cannot read the preset file {path}: {e}") from None
+        if not isinstance(spec, dict):
+            raise PresetError(f"preset file {path}: expected a JSON object with 'blocks', got {type(spec).__name__}")
+        return resolve_preset({**spec, "name": spec.get("name", path.stem)})
     reg = _registry()
     match = {k.lower(): k for k in reg}.get(name.lower())
     if match is None:
