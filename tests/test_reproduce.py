@@ -99,6 +99,8 @@ def test_reproduce_cli_lists_and_rejects_unknown(capsys):
     assert main(["reproduce", "fig1", "--dataset", "stl10"]) == 2
     assert main(["reproduce", "fig3", "--dataset", "stl10"]) == 2
     assert "not wired" in capsys.readouterr().err
+    assert main(["reproduce", "fig1", "--option", "probe_epoch=3"]) == 2
+    assert "run options are" in capsys.readouterr().err
 
 
 def test_every_experiment_cell_is_a_valid_run_config():

@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir", default=None, help=f"data root (default: ${DATA_ENV}, else ~/.cache/softhebb/data)")
     r.add_argument("--option", dest="overrides", type=_block_override, action="append", default=None, metavar="FIELD=VALUE",
                    help="override a run option for every run, e.g. --option probe_epochs=10 --option train_limit=10000 "
-                   "(runs then differ from the paper's protocol: use another --out)")
+                   "(a non-paper protocol; such runs get their own directories)")
     r.add_argument("--summary-only", action="store_true", help="run nothing; tabulate the runs that have finished")
     r.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")

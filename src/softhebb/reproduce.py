@@ -210,7 +210,10 @@ def reproduce(name: str, out: str | Path, datasets: list[str] | None = None, see
     for dataset in datasets:
         for cell in exp.cells(dataset):
             for seed in range(seeds or exp.default_seeds):
-                cfg = RunConfig(**{"dataset": dataset, "seed": seed, **cell.config, **(overrides or {})})
+                try:
+                    cfg = RunConfig(**{"dataset": dataset, "seed": seed, **cell.config, **(overrides or {})})
+                except TypeError as e:  # an --option that is not a RunConfig field
+                    raise RunError(f"{e}; run options are {', '.join(RunConfig.__dataclass_fields__)}") from None
                 run_dir = root / _run_name(cfg)
                 result_file = run_dir / "result.json"
                 if not result_file.exists() and summary_only:
