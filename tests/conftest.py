@@ -1,4 +1,6 @@
 import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -15,3 +17,16 @@ def data_root() -> Path:
             pytest.fail(f"SOFTHEBB_REQUIRE_DATA=1 but ${DATA_ENV} is not set")
         pytest.skip(f"${DATA_ENV} not set: no real MNIST/CIFAR-10 data root to test against")
     return Path(value)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch):
+    """No test may touch the network: any download attempt fails at once, as it would offline."""
+    calls = []
+
+    def refuse(url, *args, **kwargs):
+        calls.append(url)
+        raise urllib.error.URLError("network disabled in tests")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    return calls

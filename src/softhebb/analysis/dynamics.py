@@ -1,8 +1,7 @@
 """Learning dynamics of the Hebbian phase, recorded every few batches (reference §1.9, Fig. B.3).
 
-``hebbian_phase`` logs once per epoch; here the same loop (same data order, same train/eval
-states, same ``layer.step()`` calls — final weights are identical) records the monitoring
-quantities of each training block every ``every`` batches.
+``hebbian_phase`` logs once per epoch; here its ``on_batch`` hook records the monitoring
+quantities of each training block every ``every`` batches (the training itself is unchanged).
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..network import SoftHebbNet, build_model, resolve_preset
-from ..train import MODES, _batches, _device, _progress, as_input
+from ..train import MODES, hebbian_phase
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -76,45 +75,34 @@ def record_dynamics(
     if every <= 0:
         raise ValueError(f"every must be > 0, got {every}")
     hebb = model.hebbian_block_indices()
-    stages = [[i] for i in hebb] if mode == "successive" else [hebb]
-    n, device = images.shape[0], _device(model)
-    gen = torch.Generator().manual_seed(seed)
-    orders = [torch.randperm(n, generator=gen).to(images.device) for _ in range(epochs)]
-    rec = Dynamics()
+    stages = [[i] for i in hebb] if mode == "successive" else [hebb]  # as hebbian_phase numbers them
+    n = images.shape[0]
+    n_batches = -(-n // batch_size)
+    rows: list[list[dict]] = [[] for _ in stages]  # per stage, so rows come out stage after stage
     snaps: dict[int, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {i: [] for i in hebb}
 
-    def record(stage: list[int], seen: int, epoch: int) -> None:
-        for i in stage:
+    def record(s: int, seen: int, epoch: int) -> None:
+        for i in stages[s]:
             row, r, lr, frac = _snapshot(model.blocks[i].layer, i, seen, epoch)
-            rec.rows.append(row)
+            rows[s].append(row)
             snaps[i].append((r, lr, frac))
 
-    for stage in stages:
-        depth = max(stage) + 1
-        model.eval()
+    # A block is untouched before its stage, so its starting state can be read now.
+    for s, stage in enumerate(stages):
         for i in stage:
-            model.blocks[i].train()
             model.blocks[i].layer.total_updates = epochs * n / batch_size
-            model.blocks[i].layer.reset_stats()
-            model.blocks[i].layer.zero_pending()
-        seen, batches = 0, 0
-        record(stage, 0, 0)
-        last = model.blocks[depth - 1]
-        for epoch in range(epochs):
-            with _progress(n, f"dynamics block {'+'.join(map(str, stage))} epoch {epoch + 1}/{epochs}", progress) as bar, \
-                    torch.no_grad():
-                for idx in _batches(orders[epoch], batch_size):
-                    h = model.features(as_input(images[idx].to(device)), depth - 1)
-                    last.layer(last.pre(h))
-                    for i in stage:
-                        model.blocks[i].layer.step()
-                    seen, batches = seen + idx.numel(), batches + 1
-                    if batches % every == 0:
-                        record(stage, seen, epoch + 1)
-                    bar.update(idx.numel())
-        if batches % every:
-            record(stage, seen, epochs)
-        model.eval()
+        record(s, 0, 0)
+
+    def on_batch(pos: dict) -> None:
+        if (pos["epoch"] * n_batches + pos["batch"]) % every == 0:
+            record(pos["stage"], pos["epoch"] * n + min(pos["batch"] * batch_size, n), pos["epoch"] + 1)
+
+    hebbian_phase(model, images, mode, epochs, batch_size, seed, progress=progress, on_batch=on_batch)
+    # Blocks stop changing after their stage, so the final state of each can be read at the end.
+    for s in range(len(stages)):
+        if epochs and (epochs * n_batches) % every:
+            record(s, epochs * n, epochs)
+    rec = Dynamics(rows=[row for stage_rows in rows for row in stage_rows])
     for i, s in snaps.items():
         rec.radius[i], rec.lr[i], rec.wins[i] = (torch.stack([t[j] for t in s]) for j in range(3))
     return rec
