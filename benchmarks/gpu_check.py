@@ -3,9 +3,12 @@
     python benchmarks/gpu_check.py --out gpu.json          # on the GPU machine
     python benchmarks/gpu_check.py --device cpu --small    # dry run of the same code path here
 
-1. Equality: the same 4SoftHebbCnnCIFAR (seed 0) trained for 30 batches of 10 successive-mode
-   images on the CPU and on the device (TF32 off) must agree to 1e-4 relative in every Hebbian
-   weight; also the features and a probe epoch's logits.
+1. Equality, TF32 off. (a) One Hebbian update per block from the same start (seed 0, 10 images,
+   successive mode) must agree between CPU and device to 1e-4 relative in every Hebbian weight, and
+   (b) the features of one set of weights to 1e-4. (c) Over 30 batches the soft competition
+   amplifies rounding: a 1-ulp change of the starting weights alone moved the CPU's own weights by
+   2e-4 to 6e-3 relative (measured 2026-11-27), so the 30-batch difference is reported beside that
+   floor, measured in the same run, rather than held to 1e-4.
 2. Speed on the device, data resident there (uint8), no per-batch host sync: Hebbian img/s per
    stage at batch 10 and 100, fp32 and bf16 autocast; feature extraction img/s; seconds per probe
    epoch on 50,000 × 24,576 features; peak device memory.
@@ -40,23 +43,39 @@ def timed(device: torch.device, fn) -> float:
     return time.perf_counter() - start
 
 
+def _rel(a: dict, b: dict) -> dict[str, float]:
+    return {k: float((a[k] - b[k].cpu()).abs().max() / a[k].abs().max().clamp(min=1e-12)) for k in a}
+
+
+def _hebbian_weights(device, preset: str, images: torch.Tensor, perturb: float = 0.0) -> tuple:
+    m = build_model(preset, SHAPE, 10, seed=0)
+    if perturb:  # one ulp of noise on the start: how far the CPU's own trajectory moves
+        with torch.no_grad():
+            for i in m.hebbian_block_indices():
+                w = m.blocks[i].layer.weight
+                w.mul_(1 + perturb * torch.randn(w.shape, generator=torch.Generator().manual_seed(i)))
+    m = m.to(device)
+    train.hebbian_phase(m, images.to(device), "successive", batch_size=10, progress=False)
+    return m, {f"block{i}": m.blocks[i].layer.weight.detach() for i in m.hebbian_block_indices()}
+
+
 def equality(device: torch.device, preset: str, n: int) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     images = torch.randint(0, 256, (n, *SHAPE), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    models = {}
-    for where in ("cpu", device):
-        m = build_model(preset, SHAPE, 10, seed=0).to(where)
-        train.hebbian_phase(m, images.to(where), "successive", batch_size=10, progress=False)
-        models[str(where)] = m
-    cpu, dev = models["cpu"], models[str(device)]
-    rel = {}
-    for i in cpu.hebbian_block_indices():
-        a, b = cpu.blocks[i].layer.weight, dev.blocks[i].layer.weight.cpu()
-        rel[f"block{i}_weight"] = float((a - b).abs().max() / a.abs().max())
-    fa, fb = train.extract_features(cpu, images[:50]), train.extract_features(dev, images[:50].to(device)).cpu()
-    rel["features"] = float((fa - fb).abs().max() / fa.abs().max().clamp(min=1e-12))
+    one_cpu, one_dev = _hebbian_weights("cpu", preset, images[:10])[1], _hebbian_weights(device, preset, images[:10])[1]
+    model, traj_cpu = _hebbian_weights("cpu", preset, images)
+    traj_dev = _hebbian_weights(device, preset, images)[1]
+    floor = _rel(traj_cpu, _hebbian_weights("cpu", preset, images, perturb=2 ** -23)[1])
+    twin = build_model(preset, SHAPE, 10, seed=0)
+    twin.load_state_dict(model.state_dict())
+    fa = train.extract_features(model, images[:50])
+    fb = train.extract_features(twin.to(device), images[:50].to(device)).cpu()
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    return {"max_rel_diff": rel, "ok": all(v <= 1e-4 for v in rel.values())}
+    one = _rel(one_cpu, one_dev)
+    features = float((fa - fb).abs().max() / fa.abs().max().clamp(min=1e-12))
+    return {"one_update_max_rel_diff": one, "features_max_rel_diff": features,
+            f"{n // 10}_batches_max_rel_diff": _rel(traj_cpu, traj_dev), f"{n // 10}_batches_cpu_1ulp_floor": floor,
+            "ok": all(v <= 1e-4 for v in one.values()) and features <= 1e-4}
 
 
 def speed(device: torch.device, preset: str, n: int, batches: list[int], n_feat: int, probe_rows: int) -> dict:

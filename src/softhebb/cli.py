@@ -91,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--list", action="store_true", help="list the experiments")
     r.add_argument("--dataset", action="append", default=None, help="dataset(s) of the experiment (default: its first)")
     r.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the paper's, usually 4)")
+    r.add_argument("--methods", default=None, metavar="M1,M2",
+                   help="run only these methods, e.g. softhebb,hard,random (default: all of the experiment's)")
     r.add_argument("--out", default="runs/reproduce", help="root folder of the experiment's runs and tables")
     r.add_argument("--data-dir", default=None, help=f"data root (default: ${DATA_ENV}, else ~/.cache/softhebb/data)")
     r.add_argument("--option", dest="overrides", type=_block_override, action="append", default=None, metavar="FIELD=VALUE",
@@ -120,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(reproduce.list_experiments())
                 return 0
             reproduce.reproduce(args.experiment, args.out, args.dataset, args.seeds, args.data_dir,
-                                dict(args.overrides or []), progress=not args.no_progress, summary_only=args.summary_only)
+                                dict(args.overrides or []), progress=not args.no_progress, summary_only=args.summary_only,
+                                methods=args.methods.split(",") if args.methods else None)
             return 0
         if args.command == "presets":
             if args.name:

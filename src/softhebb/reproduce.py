@@ -189,10 +189,12 @@ def _run_name(cfg: RunConfig) -> str:
 
 def reproduce(name: str, out: str | Path, datasets: list[str] | None = None, seeds: int | None = None,
               data_dir: str | None = None, overrides: dict | None = None, progress: bool = True,
-              echo: Callable[[str], None] = print, summary_only: bool = False) -> list[dict]:
+              echo: Callable[[str], None] = print, summary_only: bool = False,
+              methods: list[str] | None = None) -> list[dict]:
     """Run (or resume) an experiment; write runs.csv, <name>.md and <name>.png; return the per-run rows.
 
-    ``summary_only``: run nothing, tabulate the runs that have finished.
+    ``summary_only``: run nothing, tabulate the runs that have finished. ``methods``: only these cells'
+    methods (e.g. leave out the costly "bp").
     """
     if name not in EXPERIMENTS:
         raise RunError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)} (softhebb reproduce --list)")
@@ -205,10 +207,17 @@ def reproduce(name: str, out: str | Path, datasets: list[str] | None = None, see
         if d not in IN_MEMORY:
             raise RunError(f"experiment {name} on {d}: the {d} training protocol is not wired into runs yet "
                            f"(runnable: {', '.join(IN_MEMORY)})")
+    if methods is not None:
+        known = {c.method for d in datasets for c in exp.cells(d)}
+        if not set(methods) <= known:
+            raise RunError(f"experiment {name} has no method {sorted(set(methods) - known)[0]!r}; "
+                           f"its methods are {', '.join(sorted(known))}")
     root = Path(out) / name
     rows = []
     for dataset in datasets:
         for cell in exp.cells(dataset):
+            if methods is not None and cell.method not in methods:
+                continue
             for seed in range(seeds or exp.default_seeds):
                 try:
                     cfg = RunConfig(**{"dataset": dataset, "seed": seed, **cell.config, **(overrides or {})})
