@@ -88,6 +88,11 @@ def test_reproduce_runs_a_grid_resumes_and_writes_tables(data_root, tmp_path, mo
     reproduce.reproduce("tiny", tmp_path, ["mnist"], 2, str(data_root), opts, progress=False, echo=lambda s: None)
     assert stamp == {p: p.stat().st_mtime_ns for p in root.glob("*/result.json")}  # finished runs are skipped
     assert len(reproduce.reproduce("tiny", tmp_path, ["mnist"], 3, None, opts, echo=lambda s: None, summary_only=True)) == 6
+    only = reproduce.reproduce("tiny", tmp_path, ["mnist"], 2, None, opts, echo=lambda s: None, summary_only=True,
+                               methods=["random"])
+    assert {r["method"] for r in only} == {"random"} and len(only) == 2
+    with pytest.raises(RunError, match="no method 'hebb'"):
+        reproduce.reproduce("tiny", tmp_path, ["mnist"], 2, None, opts, echo=lambda s: None, methods=["hebb"])
 
 
 def test_reproduce_cli_lists_and_rejects_unknown(capsys):
