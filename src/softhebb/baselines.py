@@ -19,19 +19,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .network import SoftHebbNet
-from .train import Logger, _batches, _device, _progress, as_input, evaluate, extract_features, step_lr_milestones
+from .train import (Images, Logger, _batches, _device, _progress, batch_seed, evaluate, extract_features,
+                    iterate_batches, step_lr_milestones)
 
 BP_MODES = ("end-to-end", "layerwise")
 RANDOM_BN = ("identity", "data")
 
 
-def _bp_epochs(model: SoftHebbNet, trained: list[nn.Module], images: torch.Tensor, labels: torch.Tensor, epochs: int,
-               batch_size: int, lr: float, gen: torch.Generator, augment, name: str, log: Logger | None,
-               progress: bool, test: tuple[torch.Tensor, torch.Tensor] | None, eval_every: int) -> dict[str, float]:
+def _bp_epochs(model: SoftHebbNet, trained: list[nn.Module], images: Images, labels: torch.Tensor, epochs: int,
+               batch_size: int, lr: float, seed: int, augment: bool, name: str, log: Logger | None,
+               progress: bool, test: tuple[Images, torch.Tensor] | None, eval_every: int, workers: int) -> dict[str, float]:
     """Adam + step-halving epochs of cross-entropy on the parameters of ``trained`` (the rest in eval mode)."""
     opt = torch.optim.Adam([p for m in trained for p in m.parameters()], lr=lr, fused=True)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=step_lr_milestones(epochs), gamma=0.5)
-    device, n, result = _device(model), images.shape[0], {}
+    device, n, result = _device(model), len(images), {}
+    gen = torch.Generator().manual_seed(seed)
     with _progress(epochs, name, progress, unit="epoch") as bar:
         for epoch in range(1, epochs + 1):
             model.eval()  # blocks not being trained keep their BatchNorm statistics (and the head its dropout off)
@@ -40,11 +42,10 @@ def _bp_epochs(model: SoftHebbNet, trained: list[nn.Module], images: torch.Tenso
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), dtype=torch.long, device=device)
             cur_lr = opt.param_groups[0]["lr"]
-            for idx in _batches(torch.randperm(n, generator=gen), batch_size):
-                x = images[idx]
-                if augment is not None:
-                    x = augment(x, gen)
-                x, y = as_input(x.to(device, non_blocking=True)), labels[idx].to(device, non_blocking=True)
+            batches = list(_batches(torch.randperm(n, generator=gen), batch_size))
+            seeds = [batch_seed(seed, epoch, b) for b in range(len(batches))]
+            for idx, x in zip(batches, iterate_batches(images, batches, device, augment, seeds, workers)):
+                y = labels[idx].to(device, non_blocking=True)
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
                 opt.zero_grad(set_to_none=True)
@@ -56,7 +57,7 @@ def _bp_epochs(model: SoftHebbNet, trained: list[nn.Module], images: torch.Tenso
             row = {"phase": name, "epoch": epoch, "lr": cur_lr, "train_loss": float(loss_sum) / n,
                    "train_acc": 100.0 * int(correct) / n}
             if test is not None and (epoch == 1 or epoch % eval_every == 0 or epoch == epochs):
-                t = evaluate(model, extract_features(model, test[0]), test[1].to(device))
+                t = evaluate(model, extract_features(model, test[0], workers=workers), test[1].to(device))
                 row |= {"test_loss": t["loss"], "test_acc": t["acc"]}
                 result = {"test_acc": t["acc"], "test_loss": t["loss"], "train_acc": row["train_acc"]}
             if log:
@@ -69,23 +70,24 @@ def _bp_epochs(model: SoftHebbNet, trained: list[nn.Module], images: torch.Tenso
 
 def train_backprop(
     model: SoftHebbNet,
-    images: torch.Tensor,
+    images: Images,
     labels: torch.Tensor,
-    test_images: torch.Tensor | None = None,
+    test_images: Images | None = None,
     test_labels: torch.Tensor | None = None,
     mode: str = "end-to-end",
     epochs: int = 50,
     batch_size: int = 64,
     lr: float = 1e-3,
     seed: int = 0,
-    augment=None,
+    augment: bool = False,
     eval_every: int = 10,
     log: Logger | None = None,
     progress: bool = True,
+    workers: int = 0,
 ) -> dict[str, float]:
     """Train a backprop preset; returns the final-epoch test accuracy (the last stage's in layerwise mode).
 
-    ``augment(uint8_batch, generator) -> uint8_batch`` is applied per batch when given.
+    ``augment``: the dataset's training augmentation (reference §4.3), seeded per batch.
     """
     if mode not in BP_MODES:
         raise ValueError(f"mode must be one of {BP_MODES}, got {mode!r}")
@@ -95,8 +97,8 @@ def train_backprop(
     torch.manual_seed(seed)  # dropout masks
     test = None if test_images is None else (test_images, test_labels)
     if mode == "end-to-end":
-        return _bp_epochs(model, [model], images, labels, epochs, batch_size, lr, torch.Generator().manual_seed(seed),
-                          augment, "backprop", log, progress, test, eval_every)
+        return _bp_epochs(model, [model], images, labels, epochs, batch_size, lr, seed,
+                          augment, "backprop", log, progress, test, eval_every, workers)
     # The original's successive mode: each phase re-seeds its data order; only the trained block is in train mode.
     stages = [(f"backprop block {i}", [b]) for i, b in enumerate(model.blocks)]
     stages.append(("backprop classifier", [model.dropout, model.classifier]))
@@ -106,15 +108,15 @@ def train_backprop(
             p.requires_grad_(False)
         for m in trained:
             m.requires_grad_(True)
-        result = _bp_epochs(model, trained, images, labels, epochs, batch_size, lr, torch.Generator().manual_seed(seed),
-                            augment, name, log, progress, test, eval_every)
+        result = _bp_epochs(model, trained, images, labels, epochs, batch_size, lr, seed,
+                            augment, name, log, progress, test, eval_every, workers)
     for p in model.parameters():
         p.requires_grad_(True)
     return result
 
 
 @torch.no_grad()
-def calibrate_batchnorm(model: SoftHebbNet, images: torch.Tensor, batch_size: int = 250) -> None:
+def calibrate_batchnorm(model: SoftHebbNet, images: Images, batch_size: int = 250) -> None:
     """Set each hidden BatchNorm's running statistics from one pass over ``images`` (the "data" random baseline).
 
     Block by block, so that BN ℓ sees the inputs produced with the already-calibrated BNs before it.
@@ -130,8 +132,10 @@ def calibrate_batchnorm(model: SoftHebbNet, images: torch.Tensor, batch_size: in
             m.reset_running_stats()
             m.momentum = None  # cumulative average: independent of the batch order
             m.train()
-        for start in range(0, images.shape[0], batch_size):
-            block.pre(model.features(as_input(images[start:start + batch_size].to(device)), depth))
+        n = len(images)
+        batches = [torch.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+        for x in iterate_batches(images, batches, device):
+            block.pre(model.features(x, depth))
         for m, momentum in zip(bns, momenta):
             m.momentum = momentum
             m.eval()

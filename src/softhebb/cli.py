@@ -46,9 +46,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="successive: train Hebbian layers one after another (the paper); simultaneous: all in one pass")
     t.add_argument("--seed", type=int, default=0, help="sets the initial weights, data order and dropout masks")
     t.add_argument("--hebb-epochs", type=int, default=1, help="Hebbian epochs per layer (0 = random untrained features)")
-    t.add_argument("--hebb-batch", type=int, default=10, help="Hebbian batch size")
-    t.add_argument("--probe-epochs", type=int, default=50, help="linear-probe epochs")
-    t.add_argument("--probe-batch", type=int, default=64, help="linear-probe batch size")
+    t.add_argument("--hebb-batch", type=int, default=None,
+                   help="Hebbian batch size (default: the dataset's protocol: 10; 32 on STL-10)")
+    t.add_argument("--probe-epochs", type=int, default=None,
+                   help="linear-probe epochs (default: the dataset's protocol: 50; STL-10 100; ImageNette/ImageNet 200)")
+    t.add_argument("--probe-batch", type=int, default=None,
+                   help="linear-probe batch size (default: the dataset's protocol: 64; ImageNette/ImageNet 32)")
     t.add_argument("--probe-lr", type=float, default=1e-3, help="linear-probe Adam learning rate (halved on the paper's schedule)")
     t.add_argument("--eval-every", type=int, default=10, help="evaluate on the test set every N probe epochs (and the last)")
     t.add_argument("--set", dest="block_overrides", type=_block_override, action="append", default=None, metavar="FIELD=VALUE",
@@ -67,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
+    t.add_argument("--workers", type=int, default=None,
+                   help="processes decoding image-folder datasets (ImageNette, ImageNet); default: up to 8")
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
     t.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
                    help="checkpoint every N Hebbian batches and after every probe epoch (0 = never)")
@@ -143,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                         probe_lr=args.probe_lr, eval_every=args.eval_every, train_limit=args.train_limit,
                         test_limit=args.test_limit, device=args.device, precision=args.precision,
                         block_overrides=dict(args.block_overrides) if args.block_overrides else None,
-                        random_bn=args.random_bn, bp_mode=args.bp_mode)
+                        random_bn=args.random_bn, bp_mode=args.bp_mode, workers=args.workers)
         out = Path(args.out or f"runs/{args.dataset}-{get_preset(preset)['name']}-s{args.seed}")
         try:
             par = distributed.init_from_env(args.device)  # under torchrun: join the group; rank 0 alone writes and prints

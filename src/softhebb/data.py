@@ -155,6 +155,34 @@ class ChainedDataset:
         return crop_flip(out, 4, generator) if augment else out
 
 
+class Subset:
+    """Rows ``indices`` of a dataset, indexed from 0 (quick runs, ImageNet's 10 % Hebbian sample)."""
+
+    def __init__(self, dataset: "DatasetLike", indices: torch.Tensor) -> None:
+        self.dataset, self.indices = dataset, _as_indices(indices, len(dataset))
+        self.name, self.split, self.classes = dataset.name, dataset.split, dataset.classes
+        self.mean_std, self.shape = dataset.mean_std, dataset.shape
+        self.labels = dataset.labels[self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def get_images(self, indices: Indices, augment: bool = False,
+                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return self.dataset.get_images(self.indices[_as_indices(indices, len(self))], augment, generator)
+
+
+def random_subset(dataset: "DatasetLike", size: Optional[int], seed: int) -> "DatasetLike":
+    """A seeded random ``size`` rows of ``dataset`` in their original order (all of it if ``size`` is None or larger)."""
+    if size is None or size >= len(dataset):
+        return dataset
+    return Subset(dataset, torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:size].sort().values)
+
+
 # Dataset archives and file browsers leave these next to images; anything else that is not an image is an error.
 _IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp"})
 _IGNORED_EXTS = frozenset({".txt", ".csv", ".json", ".md", ".xml", ".db", ".ini", ".mat", ".sh",

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .run import IN_MEMORY, RunConfig, RunError, atomic_write, run
+from .run import RunConfig, RunError, atomic_write, run
 
 
 @dataclass(frozen=True)
@@ -175,14 +175,14 @@ def list_experiments() -> str:
     lines = []
     for e in EXPERIMENTS.values():
         n = sum(len(e.cells(d)) for d in e.datasets)
-        names = ", ".join(d if d in IN_MEMORY else f"{d} (not runnable yet)" for d in e.datasets)
+        names = ", ".join(e.datasets)
         lines.append(f"{e.name:8s} {e.title}\n         datasets: {names}; {n} cells × {e.default_seeds} seeds by default")
     return "\n".join(lines)
 
 
 def _run_name(cfg: RunConfig) -> str:
     """Named by the full configuration: identical cells share a run, and changed options never reuse one."""
-    fields = dataclasses.asdict(cfg)
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "workers"}  # never changes results
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
     return f"{cfg.dataset}-{cfg.preset}-{digest}-s{cfg.seed}"
 
@@ -203,10 +203,6 @@ def reproduce(name: str, out: str | Path, datasets: list[str] | None = None, see
     bad = [d for d in datasets if d not in exp.datasets]
     if bad:
         raise RunError(f"experiment {name} has no dataset {bad[0]!r}; it covers {', '.join(exp.datasets)}")
-    for d in datasets:
-        if d not in IN_MEMORY:
-            raise RunError(f"experiment {name} on {d}: the {d} training protocol is not wired into runs yet "
-                           f"(runnable: {', '.join(IN_MEMORY)})")
     if methods is not None:
         known = {c.method for d in datasets for c in exp.cells(d)}
         if not set(methods) <= known:

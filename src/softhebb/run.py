@@ -36,14 +36,37 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from . import __version__, distributed
-from .data import DATASETS, load_dataset
+from .data import DATASETS, load_dataset, random_subset
 from .layers import _HebbianLayer
 from .network import SoftHebbNet, build_model, get_preset, resolve_preset
 from .baselines import BP_MODES, RANDOM_BN, calibrate_batchnorm, train_backprop
-from .train import MODES, PRECISIONS, NonFiniteError, evaluate, extract_features, hebbian_phase, train_probe
+from .train import (MODES, PRECISIONS, NonFiniteError, StreamedFeatures, evaluate, extract_features, hebbian_phase,
+                    train_probe)
 
 CHECKPOINT = "checkpoint.safetensors"
-IN_MEMORY = ("mnist", "fashion-mnist", "cifar10", "cifar100")  # datasets whose protocol is: no augmentation, features once
+IN_MEMORY = ("mnist", "fashion-mnist", "cifar10", "cifar100")  # held as uint8 tensors; no augmentation, features once
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A dataset's training protocol in the paper (reference §4.2); RunConfig fields left at None take these."""
+    hebb_split: str = "train"  # the Hebbian phase's split (STL-10: its 100,000 unlabeled images)
+    hebb_batch: int = 10
+    hebb_images: int | None = None  # a seeded random sample of the split for the Hebbian phase (ImageNet: 10 %)
+    hebb_augment: bool = False
+    probe_epochs: int = 50
+    probe_batch: int = 64
+    probe_augment: bool = False  # features recomputed from augmented images every probe epoch
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    **{name: Protocol() for name in IN_MEMORY},
+    "stl10": Protocol(hebb_split="unlabeled", hebb_batch=32, probe_epochs=100, probe_augment=True),
+    "imagenette": Protocol(probe_epochs=200, probe_batch=32, probe_augment=True),
+    # all 1,281,167 training images for the probe (the original drew only from the first 1,000,000)
+    "imagenet": Protocol(hebb_images=128_116, hebb_augment=True, probe_epochs=200, probe_batch=32, probe_augment=True),
+}
+CACHED_TEST_FEATURES_BYTES = 2 << 30
 RUN_FILES = ("result.json", "metrics.jsonl", "model.safetensors", "config.json", CHECKPOINT)
 
 
@@ -60,9 +83,9 @@ class RunConfig:
     mode: str = "successive"
     seed: int = 0
     hebb_epochs: int = 1
-    hebb_batch: int = 10
-    probe_epochs: int = 50
-    probe_batch: int = 64
+    hebb_batch: int | None = None  # None: the dataset's protocol (PROTOCOLS; 10 on CIFAR and MNIST)
+    probe_epochs: int | None = None  # None: the dataset's protocol (50 on CIFAR and MNIST)
+    probe_batch: int | None = None  # None: the dataset's protocol (64 on CIFAR and MNIST)
     probe_lr: float = 1e-3
     eval_every: int = 10
     train_limit: int | None = None  # use a seeded random subset of the training set (quick runs, tests)
@@ -72,17 +95,19 @@ class RunConfig:
     block_overrides: dict | None = None  # fields set on every Hebbian block, e.g. {"t_invert": 0.5, "rule": "soft"}
     random_bn: str = "identity"  # with hebb_epochs=0: identity BNs (the paper's Random) or "data" statistics
     bp_mode: str = "end-to-end"  # backprop presets: "end-to-end" or "layerwise" (the original's successive)
+    workers: int | None = None  # decoding processes for image folders (None: up to 8); never changes results
 
     def __post_init__(self) -> None:
         def need(cond: bool, field: str, expected: str) -> None:
             if not cond:
                 raise RunError(f"config field {field!r} = {getattr(self, field)!r}: expected {expected}")
 
-        need(self.dataset in DATASETS, "dataset", f"one of {sorted(DATASETS)}")
-        if self.dataset not in IN_MEMORY:
-            raise RunError(f"dataset {self.dataset!r}: its loader exists (softhebb.data), but its training protocol "
-                           "(Hebbian phase on the unlabeled split or an image folder, augmented probe) is not wired into "
-                           f"`train` yet; runnable datasets: {', '.join(IN_MEMORY)}")
+        need(self.dataset in PROTOCOLS, "dataset", f"one of {sorted(PROTOCOLS)}")
+        for f in ("hebb_batch", "probe_epochs", "probe_batch"):
+            if getattr(self, f) is None:
+                setattr(self, f, getattr(self.protocol, f))
+        need(self.workers is None or (isinstance(self.workers, int) and self.workers >= 0), "workers",
+             "None or an integer >= 0")
         need(self.mode in MODES, "mode", f"one of {MODES}")
         for f in ("hebb_epochs", "probe_epochs"):
             need(isinstance(getattr(self, f), int) and getattr(self, f) >= 0, f, "an integer >= 0")
@@ -101,6 +126,10 @@ class RunConfig:
         need(self.block_overrides is None or isinstance(self.block_overrides, dict), "block_overrides",
              "None or a dict of block fields")
         self.resolved_preset()  # unknown preset or bad override → PresetError
+
+    @property
+    def protocol(self) -> Protocol:
+        return PROTOCOLS[self.dataset]
 
     @property
     def backprop(self) -> bool:
@@ -290,7 +319,7 @@ def _restore(model: SoftHebbNet, ckpt: dict, par: distributed.Parallel | None) -
 
 # -- run directory ------------------------------------------------------------------------------
 
-_NOT_COMPARED = ("device",)  # may change between a run and its resumption
+_NOT_COMPARED = ("device", "workers")  # may change between a run and its resumption
 
 
 def _open_run_dir(out: Path, cfg: RunConfig, preset: dict, overwrite: bool, resume: bool) -> dict | None:
@@ -379,10 +408,23 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
     ckpt = _on_rank0(par, lambda: _open_run_dir(out, cfg, preset, overwrite, resume))
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
+    proto = cfg.protocol
+    in_memory = cfg.dataset in IN_MEMORY
+    if not in_memory and par is not None:
+        raise RunError(f"{cfg.dataset} is read from files with augmentation; multi-process (torchrun) runs support "
+                       f"the in-memory datasets only ({', '.join(IN_MEMORY)})")
     train = load_dataset(cfg.dataset, "train", data_dir)
     test = load_dataset(cfg.dataset, "test", data_dir)
-    x_train, y_train = _subset(train.images, train.labels, cfg.train_limit, cfg.seed)
-    x_test, y_test = _subset(test.images, test.labels, cfg.test_limit, cfg.seed)
+    workers = 0 if in_memory else cfg.workers if cfg.workers is not None else min(8, os.cpu_count() or 1)
+    if in_memory:
+        x_train, y_train = _subset(train.images, train.labels, cfg.train_limit, cfg.seed)
+        x_test, y_test = _subset(test.images, test.labels, cfg.test_limit, cfg.seed)
+        x_hebb = x_train
+    else:  # datasets stay on disk (memory-mapped or image files); batches are read and augmented as needed
+        x_train, x_test = random_subset(train, cfg.train_limit, cfg.seed), random_subset(test, cfg.test_limit, cfg.seed)
+        y_train, y_test = x_train.labels, x_test.labels
+        hebb = train if proto.hebb_split == "train" else load_dataset(cfg.dataset, proto.hebb_split, data_dir)
+        x_hebb = random_subset(hebb, min(cfg.train_limit or len(hebb), proto.hebb_images or len(hebb)), cfg.seed)
     info = DATASETS[cfg.dataset]
     _check_labels(y_train, info.num_classes, f"{cfg.dataset} train")
     _check_labels(y_test, info.num_classes, f"{cfg.dataset} test")
@@ -391,7 +433,10 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
             par.check_batches(int(y_train.numel()), cfg.hebb_batch)
         except ValueError as e:
             raise RunError(str(e)) from None
-    x_train, y_train, x_test, y_test = (t.to(device) for t in (x_train, y_train, x_test, y_test))
+    y_train, y_test = y_train.to(device), y_test.to(device)
+    if in_memory:
+        x_train, x_test = x_train.to(device), x_test.to(device)
+        x_hebb = x_train
 
     model = build_model(preset, info.shape, info.num_classes, seed=cfg.seed).to(device)
     config = {"softhebb_version": __version__, "run": dataclasses.asdict(cfg), "preset": preset,
@@ -440,21 +485,31 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
         t_data = time.perf_counter()
         if cfg.backprop:  # no Hebbian phase and no cached features: every layer learns from the labels
             probe = train_backprop(model, x_train, y_train, x_test, y_test, cfg.bp_mode, cfg.probe_epochs, cfg.probe_batch,
-                                   cfg.probe_lr, cfg.seed, eval_every=cfg.eval_every, log=log, progress=progress)
+                                   cfg.probe_lr, cfg.seed, augment=proto.probe_augment, eval_every=cfg.eval_every, log=log,
+                                   progress=progress, workers=workers)
             t_hebb = t_feat = t_data
         else:
             if ckpt is None or ckpt["phase"] == "hebbian":
-                hebbian_phase(model, x_train, cfg.mode, cfg.hebb_epochs, cfg.hebb_batch, cfg.seed, log, progress and lead,
+                hebbian_phase(model, x_hebb, cfg.mode, cfg.hebb_epochs, cfg.hebb_batch, cfg.seed, log, progress and lead,
                               checkpoint=(lambda pos: checkpoint("hebbian", pos)) if every else None,
                               checkpoint_every=every, start=ckpt["position"] if ckpt else None, parallel=par,
-                              precision=cfg.precision)
+                              precision=cfg.precision, augment=proto.hebb_augment, workers=workers)
             if cfg.hebb_epochs == 0 and cfg.random_bn == "data":
-                calibrate_batchnorm(model, x_train)
+                calibrate_batchnorm(model, x_hebb)
             t_hebb = time.perf_counter()
             # bf16 runs also store the features in bf16: half the memory and half the probe's memory traffic
             fdtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
-            f_train = extract_features(model, rows(x_train), progress=progress and lead, dtype=fdtype, precision=cfg.precision)
-            f_test = extract_features(model, rows(x_test), progress=progress and lead, dtype=fdtype, precision=cfg.precision)
+            if proto.probe_augment:  # new crops every epoch: features cannot be computed once
+                f_train = StreamedFeatures(model, x_train, augment=True, seed=cfg.seed, precision=cfg.precision,
+                                           workers=workers)
+            else:
+                f_train = extract_features(model, rows(x_train), progress=progress and lead, dtype=fdtype,
+                                           precision=cfg.precision, workers=workers)
+            if len(x_test) * model.num_features * fdtype.itemsize <= CACHED_TEST_FEATURES_BYTES:
+                f_test = extract_features(model, rows(x_test), progress=progress and lead, dtype=fdtype,
+                                          precision=cfg.precision, workers=workers)
+            else:  # e.g. ImageNet's 50,000 validation images: recomputed at each evaluation instead of held
+                f_test = StreamedFeatures(model, x_test, precision=cfg.precision, workers=workers)
             t_feat = time.perf_counter()
             probe_start = None
             if ckpt is not None and ckpt["phase"] == "probe":
@@ -504,10 +559,16 @@ def evaluate_run(run_dir: str | os.PathLike, dataset: str | None = None, data_di
     model.to(dev)
     name = dataset or config["run"]["dataset"]
     test = load_dataset(name, "test", data_dir)
-    if tuple(test.images.shape[1:]) != tuple(config["in_shape"]):
+    if tuple(test.shape) != tuple(config["in_shape"]):
         raise RunError(f"run {run_dir} was trained on inputs of shape {tuple(config['in_shape'])}, "
-                       f"but {name} images have shape {tuple(test.images.shape[1:])}")
-    x, y = _subset(test.images, test.labels, limit, config["run"]["seed"])  # the subset `train --test-limit` used
-    feats = extract_features(model, x.to(dev), precision=config["run"].get("precision", "fp32"))
+                       f"but {name} images have shape {tuple(test.shape)}")
+    precision = config["run"].get("precision", "fp32")
+    if name in IN_MEMORY:
+        x, y = _subset(test.images, test.labels, limit, config["run"]["seed"])  # the subset `train --test-limit` used
+        feats = extract_features(model, x.to(dev), precision=precision)
+    else:
+        x = random_subset(test, limit, config["run"]["seed"])
+        y = x.labels
+        feats = StreamedFeatures(model, x, precision=precision, workers=min(8, os.cpu_count() or 1))
     res = evaluate(model, feats, y.to(dev))
     return {"dataset": name, "test_acc": res["acc"], "test_loss": res["loss"], "n": int(y.numel())}

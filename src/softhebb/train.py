@@ -1,7 +1,10 @@
 """The two training phases: the label-free Hebbian phase, then the linear probe on frozen features.
 
 Images stay uint8 until a batch is taken; ``as_input`` turns a batch into [0, 1] floats, the
-only preprocessing the paper uses (the first block's BatchNorm standardises).
+only preprocessing the paper uses for array datasets (the first block's BatchNorm standardises).
+``Images`` are either a uint8 tensor (in memory, possibly on the GPU) or a dataset from
+``softhebb.data`` (STL-10's memory-mapped unlabeled split, image folders decoded per batch, in
+worker processes if asked); ``load_batch`` / ``iterate_batches`` hide the difference.
 """
 
 from __future__ import annotations
@@ -11,12 +14,14 @@ import math
 from collections import Counter
 import sys
 import time
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .augment import crop_flip, normalize
+from .data import DatasetLike
 from .network import SoftHebbNet
 
 if TYPE_CHECKING:
@@ -25,6 +30,9 @@ if TYPE_CHECKING:
 MODES = ("successive", "simultaneous")
 Logger = Callable[[dict], None]
 Checkpoint = Callable[[dict], None]
+
+
+Images = Union[torch.Tensor, DatasetLike]
 
 
 class NonFiniteError(RuntimeError):
@@ -41,6 +49,65 @@ def _device(model: SoftHebbNet) -> torch.device:
     return model.classifier.weight.device
 
 
+def batch_seed(seed: int, *keys: int) -> int:
+    """A seed for one batch's augmentation, from the run seed and the batch's place (stage, epoch, batch):
+    the same images get the same crops whatever the number of workers, and a resumed run repeats them."""
+    h = seed
+    for k in keys:
+        h = (h * 1_000_003 + k) % (2 ** 62)
+    return h
+
+
+def load_batch(images: Images, idx: torch.Tensor, device: torch.device, augment: bool = False,
+               seed: int | None = None) -> torch.Tensor:
+    """Model input for rows ``idx``: float32 on ``device``, in [0, 1] (ImageNet-normalised for image folders).
+
+    ``augment``: reflect-pad-4 crop + flip for arrays, RandomResizedCrop + flip for folders (reference §4.3).
+    """
+    gen = torch.Generator().manual_seed(seed) if augment and seed is not None else None
+    if isinstance(images, torch.Tensor):
+        x = images[idx.to(images.device)]
+        if augment:
+            x = crop_flip(x, 4, gen)
+        return as_input(x.to(device, non_blocking=True))
+    x = images.get_images(idx.cpu(), augment, gen)
+    return normalize(x.to(device, non_blocking=True), images.mean_std)
+
+
+class _DecodedBatches(torch.utils.data.Dataset):
+    """Batch b of a list of index batches, decoded (and augmented) in a DataLoader worker."""
+
+    def __init__(self, images: DatasetLike, batches: Sequence[torch.Tensor], augment: bool, seeds: Sequence[int]) -> None:
+        self.images, self.batches, self.augment, self.seeds = images, batches, augment, seeds
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, b: int) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(self.seeds[b]) if self.augment else None
+        return self.images.get_images(self.batches[b].cpu(), self.augment, gen)
+
+
+def iterate_batches(images: Images, batches: Sequence[torch.Tensor], device: torch.device, augment: bool = False,
+                    seeds: Sequence[int] | None = None, workers: int = 0) -> Iterator[torch.Tensor]:
+    """Model inputs for each index batch in order (``seeds[b]``: batch b's augmentation seed).
+
+    Datasets (not in-memory tensors) with ``workers`` > 0 decode in that many processes, a few batches ahead.
+    """
+    seeds = seeds if seeds is not None else [None] * len(batches)
+    if isinstance(images, torch.Tensor) or workers == 0:
+        for idx, seed in zip(batches, seeds):
+            yield load_batch(images, idx, device, augment, seed)
+        return
+    # A private generator: the loader's base seed would otherwise be drawn from the global RNG, shifting
+    # the probe's dropout masks with the number of workers.
+    loader = torch.utils.data.DataLoader(_DecodedBatches(images, batches, augment, seeds), batch_size=None,
+                                         num_workers=workers, prefetch_factor=4, pin_memory=device.type == "cuda",
+                                         generator=torch.Generator())
+    for x in loader:
+        yield normalize(x.to(device, non_blocking=True), images.mean_std)
+
+
 def _batches(order: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
     for start in range(0, order.numel(), batch_size):
         yield order[start:start + batch_size]
@@ -54,7 +121,7 @@ def _progress(total: int, desc: str, enabled: bool, unit: str = "img") -> tqdm:
 
 def hebbian_phase(
     model: SoftHebbNet,
-    images: torch.Tensor,
+    images: Images,
     mode: str = "successive",
     epochs: int = 1,
     batch_size: int = 10,
@@ -67,6 +134,8 @@ def hebbian_phase(
     parallel: Parallel | None = None,
     precision: str = "fp32",
     on_batch: Callable[[dict], None] | None = None,
+    augment: bool = False,
+    workers: int = 0,
 ) -> None:
     """Train the Hebbian blocks without labels.
 
@@ -86,7 +155,9 @@ def hebbian_phase(
     with it, and training continues exactly where it was. ``parallel`` splits every global batch
     over ranks (see softhebb.distributed). ``precision="bf16"`` runs the forward and the Σỹx / Σỹu
     products under bf16 autocast; the sums are accumulated and applied in fp32. ``on_batch(position)``
-    runs after every update, with the position of the next batch (for monitoring).
+    runs after every update, with the position of the next batch (for monitoring). ``augment``: train on
+    augmented images (the paper's ImageNet protocol), seeded per batch; ``workers``: decoding processes for
+    datasets read from files.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -97,11 +168,12 @@ def hebbian_phase(
     if not hebb or epochs == 0:
         return
     stages = [[i] for i in hebb] if mode == "successive" else [hebb]
-    n = images.shape[0]
+    n = len(images)
     n_batches = math.ceil(n / batch_size)
     device = _device(model)
     gen = torch.Generator().manual_seed(seed)
-    orders = [torch.randperm(n, generator=gen).to(images.device) for _ in range(epochs)]
+    where = images.device if isinstance(images, torch.Tensor) else "cpu"
+    orders = [torch.randperm(n, generator=gen).to(where) for _ in range(epochs)]
     first = (start["stage"], start["epoch"], start["batch"]) if start else (0, 0, 0)
     if parallel is not None:
         parallel.check_batches(n, batch_size)
@@ -129,12 +201,13 @@ def hebbian_phase(
             skip = first[2] if (s, epoch) == first[:2] else 0
             with _progress(n, f"hebbian block {name} epoch {epoch + 1}/{epochs}", progress) as bar, torch.no_grad():
                 bar.update(min(skip * batch_size, n))
-                for b, idx in enumerate(_batches(orders[epoch], batch_size)):
-                    if b < skip:
-                        continue
-                    local = parallel.shard(idx) if parallel is not None else idx
+                batches = list(_batches(orders[epoch], batch_size))[skip:]
+                local = [parallel.shard(idx) for idx in batches] if parallel is not None else batches
+                seeds = [batch_seed(seed, s, epoch, b) for b in range(skip, n_batches)]
+                inputs = iterate_batches(images, local, device, augment, seeds, workers)
+                for b, idx, x in zip(range(skip, n_batches), batches, inputs):
                     with _autocast(device, precision):
-                        h = as_input(images[local].to(device, non_blocking=True))
+                        h = x
                         for i in range(depth - 1):
                             h = model.blocks[i](h)
                         last = model.blocks[depth - 1]
@@ -190,23 +263,54 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 
 
 @torch.no_grad()
-def extract_features(model: SoftHebbNet, images: torch.Tensor, batch_size: int = 250, progress: bool = False,
-                     dtype: torch.dtype = torch.float32, precision: str = "fp32") -> torch.Tensor:
+def extract_features(model: SoftHebbNet, images: Images, batch_size: int = 250, progress: bool = False,
+                     dtype: torch.dtype = torch.float32, precision: str = "fp32", workers: int = 0) -> torch.Tensor:
     """Flattened outputs of all hidden blocks (eval mode), computed once for the whole probe.
 
     ``precision="bf16"`` computes them under bf16 autocast; they are stored as ``dtype``.
     """
     model.eval()
     device = _device(model)
-    out = torch.empty(images.shape[0], model.num_features, dtype=dtype, device=device)
-    with _progress(images.shape[0], "features", progress) as bar, _autocast(device, precision):
-        for start in range(0, images.shape[0], batch_size):
-            x = as_input(images[start:start + batch_size].to(device, non_blocking=True))
+    n = len(images)
+    out = torch.empty(n, model.num_features, dtype=dtype, device=device)
+    batches = [torch.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    with _progress(n, "features", progress) as bar, _autocast(device, precision):
+        for idx, x in zip(batches, iterate_batches(images, batches, device, workers=workers)):
             if x.dim() == 4:  # channels-last convs and pools: +16 % on the CIFAR network on CPU, same values
                 x = x.contiguous(memory_format=torch.channels_last)
-            out[start:start + x.shape[0]] = model.features(x).flatten(1)
+            out[int(idx[0]):int(idx[-1]) + 1] = model.features(x).flatten(1)
             bar.update(x.shape[0])
     return out
+
+
+class StreamedFeatures:
+    """Features of ``images`` computed batch by batch when the probe asks for them: recomputed every epoch
+    from freshly augmented images (the paper's STL-10 / ImageNette / ImageNet probes), or streamed because
+    there are too many rows to keep. Indexed by the probe like a cached feature tensor (``shape``, ``device``)."""
+
+    def __init__(self, model: SoftHebbNet, images: Images, augment: bool = False, seed: int = 0,
+                 precision: str = "fp32", workers: int = 0, batch_size: int = 250) -> None:
+        self.model, self.images, self.augment, self.seed = model, images, augment, seed
+        self.precision, self.workers, self.batch_size = precision, workers, batch_size
+        self.shape = (len(images), model.num_features)
+        self.device = _device(model)
+
+    @torch.no_grad()
+    def iterate(self, batches: Sequence[torch.Tensor], epoch: int = 0) -> Iterator[torch.Tensor]:
+        """Features of each index batch in order; augmentation seeded by (seed, epoch, batch)."""
+        for block in self.model.blocks:  # frozen: running BN statistics (the head may be in train mode)
+            block.eval()
+        seeds = [batch_seed(self.seed, epoch, b) for b in range(len(batches))]
+        for x in iterate_batches(self.images, batches, self.device, self.augment, seeds, self.workers):
+            with _autocast(self.device, self.precision):
+                yield self.model.features(x).flatten(1)
+
+
+def _feature_rows(features: torch.Tensor | StreamedFeatures, batches: Sequence[torch.Tensor],
+                  epoch: int = 0) -> Iterator[torch.Tensor]:
+    if isinstance(features, StreamedFeatures):
+        return features.iterate(batches, epoch)
+    return (features[idx] for idx in batches)
 
 
 def step_lr_milestones(epochs: int) -> list[int]:
@@ -218,16 +322,20 @@ def step_lr_milestones(epochs: int) -> list[int]:
 
 
 @torch.no_grad()
-def evaluate(model: SoftHebbNet, features: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
+def evaluate(model: SoftHebbNet, features: torch.Tensor | StreamedFeatures, labels: torch.Tensor, batch_size: int = 1000,
              parallel: Parallel | None = None) -> dict[str, float]:
     """Accuracy (%) and mean cross-entropy of the classifier head on precomputed features
     (with ``parallel``: this rank's share of them, summed over ranks)."""
     model.eval()
     loss = torch.zeros((), device=features.device)
     correct = torch.zeros((), dtype=torch.long, device=features.device)
-    for start in range(0, features.shape[0], batch_size):
-        logits = model.head(features[start:start + batch_size].float())
-        y = labels[start:start + batch_size]
+    n = features.shape[0]
+    if isinstance(features, StreamedFeatures):
+        batch_size = min(batch_size, features.batch_size)  # a forward through the network, not a gather
+    batches = [torch.arange(start, min(start + batch_size, n), device=labels.device) for start in range(0, n, batch_size)]
+    for idx, x in zip(batches, _feature_rows(features, batches)):
+        logits = model.head(x.float())
+        y = labels[idx]
         loss += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     count = torch.tensor(features.shape[0], device=features.device)
@@ -239,9 +347,9 @@ def evaluate(model: SoftHebbNet, features: torch.Tensor, labels: torch.Tensor, b
 
 def train_probe(
     model: SoftHebbNet,
-    train_features: torch.Tensor,
+    train_features: torch.Tensor | StreamedFeatures,
     train_labels: torch.Tensor,
-    test_features: torch.Tensor,
+    test_features: torch.Tensor | StreamedFeatures,
     test_labels: torch.Tensor,
     epochs: int = 50,
     batch_size: int = 64,
@@ -261,6 +369,7 @@ def train_probe(
     schedule, data-order generator, RNG state, result so far); ``start`` is such a state, for a
     model whose weights the caller restored. With ``parallel``, the features and labels are this
     rank's rows (``Parallel.rows``) and the head trains under DDP (see softhebb.distributed).
+    ``StreamedFeatures`` are recomputed from (augmented) images every epoch instead of gathered.
     """
     for f, y, name in ((train_features, train_labels, "train"), (test_features, test_labels, "test")):
         if f.shape[0] != y.shape[0]:
@@ -294,9 +403,9 @@ def train_probe(
             order = torch.randperm(n, generator=gen)
             batches = (parallel.probe_batches(order, batch_size, device) if parallel is not None
                        else [(idx, idx.numel()) for idx in _batches(order.to(device), batch_size)])
-            for idx, global_size in batches:
+            for (idx, global_size), x in zip(batches, _feature_rows(train_features, [i for i, _ in batches], epoch)):
                 y = train_labels[idx]
-                logits = forward(train_features[idx].float())
+                logits = forward(x.float())
                 batch_loss = F.cross_entropy(logits, y, reduction="sum")
                 # the mean over the global batch once DDP has averaged the ranks' gradients
                 loss = batch_loss / (global_size / world)

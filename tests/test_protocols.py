@@ -1,0 +1,131 @@
+"""The paper's STL-10 / ImageNette / ImageNet protocols wired into runs, on tiny files in the official formats:
+Hebbian phase on the right split (and sample, and augmentation), the probe on features recomputed from
+augmented images every epoch, and results that do not depend on the number of decoding workers."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("PIL")
+
+from softhebb import data, run as run_module, train  # noqa: E402
+from softhebb.network import build_model  # noqa: E402
+from softhebb.run import PROTOCOLS, RunConfig, RunError, run  # noqa: E402
+from test_data_more import imagenette_tree, stl_images, write_stl, write_tree  # noqa: E402
+
+SMALL = "2SoftHebbCnnCIFAR"  # one Hebbian block: the protocols, not the network, are under test here
+
+
+@pytest.fixture
+def unverified(monkeypatch):
+    """The tiny files are not the published ones: load them without the official counts and checksums."""
+    monkeypatch.setattr(run_module, "load_dataset", functools.partial(data.load_dataset, verify=False))
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """Record what the Hebbian phase was given."""
+    calls = []
+    real = train.hebbian_phase
+
+    def hebbian_phase(model, images, *args, **kwargs):
+        calls.append({"n": len(images), "split": getattr(images, "split", None), "args": args, **kwargs})
+        return real(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "hebbian_phase", hebbian_phase)
+    return calls
+
+
+def stl_tree(root, n_train=12, n_test=6, n_unlabeled=40):
+    folder = root / "stl10" / "stl10_binary"
+    rng = np.random.default_rng(0)
+    write_stl(folder, "train", stl_images(n_train), rng.integers(1, 11, n_train))
+    write_stl(folder, "test", stl_images(n_test, 9), rng.integers(1, 11, n_test))
+    write_stl(folder, "unlabeled", stl_images(n_unlabeled, 100))
+    return folder
+
+
+def test_protocols_resolve_the_papers_defaults():
+    assert PROTOCOLS["stl10"].hebb_split == "unlabeled"
+    cfg = RunConfig(dataset="stl10", preset=SMALL)
+    assert (cfg.hebb_batch, cfg.probe_epochs, cfg.probe_batch) == (32, 100, 64)
+    cfg = RunConfig(dataset="imagenet", preset=SMALL, probe_epochs=3)
+    assert (cfg.hebb_batch, cfg.probe_epochs, cfg.probe_batch) == (10, 3, 32)  # explicit values win
+    assert PROTOCOLS["imagenet"].hebb_images == 128_116 and PROTOCOLS["imagenet"].hebb_augment
+    assert (RunConfig().hebb_batch, RunConfig().probe_epochs, RunConfig().probe_batch) == (10, 50, 64)
+    with pytest.raises(RunError, match="workers"):
+        RunConfig(workers=-1)
+
+
+def test_stl10_run_hebbian_on_unlabeled_then_augmented_probe(tmp_path, unverified, spy):
+    stl_tree(tmp_path)
+    cfg = RunConfig(dataset="stl10", preset=SMALL, probe_epochs=2, eval_every=1)
+    res = run(cfg, tmp_path / "run", tmp_path, progress=False, echo=False)
+    assert spy[0]["n"] == 40 and spy[0]["split"] == "unlabeled" and spy[0]["args"][2] == 32  # batch 32
+    assert spy[0]["augment"] is False
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    probe = [r for r in rows if r["phase"] == "probe"]
+    assert len(probe) == 2 and all("test_acc" in r for r in probe)
+    assert 0 <= res["test_acc"] <= 100 and res["dataset"] == "stl10"
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["run"]
+    assert saved["hebb_batch"] == 32 and saved["probe_epochs"] == 2
+
+
+def test_streamed_features_augment_per_epoch_and_match_cached_without_augmentation(tmp_path):
+    ds = data.load_dataset("stl10", "train", stl_tree(tmp_path).parent.parent, verify=False)
+    model = build_model(SMALL, (3, 96, 96), 10, seed=0)
+    idx = [torch.arange(0, 5), torch.arange(5, 12)]
+    aug = train.StreamedFeatures(model, ds, augment=True, seed=3)
+    e0, e0_again, e1 = (torch.cat(list(aug.iterate(idx, epoch))) for epoch in (0, 0, 1))
+    assert torch.equal(e0, e0_again)  # seeded by (seed, epoch, batch): a resumed epoch sees the same crops
+    assert not torch.equal(e0, e1)  # and a new epoch new ones
+    plain = torch.cat(list(train.StreamedFeatures(model, ds).iterate(idx)))
+    torch.testing.assert_close(plain, train.extract_features(model, ds), rtol=1e-5, atol=1e-5)
+    assert not torch.equal(plain, e0)
+
+
+def test_imagenette_run_is_the_same_with_and_without_decoding_workers(tmp_path, unverified):
+    imagenette_tree(tmp_path, train=2, val=1)
+    results, weights = [], []
+    for workers in (0, 2):
+        cfg = RunConfig(dataset="imagenette", preset=SMALL, probe_epochs=2, probe_batch=8, eval_every=1, workers=workers)
+        out = tmp_path / f"run{workers}"
+        results.append(run(cfg, out, tmp_path, progress=False, echo=False))
+        weights.append(run_module.load_run(out)[0].state_dict())
+    assert results[0]["test_acc"] == results[1]["test_acc"] and results[0]["test_loss"] == results[1]["test_loss"]
+    for k in weights[0]:
+        assert torch.equal(weights[0][k], weights[1][k]), k
+
+
+def test_imagenet_protocol_samples_and_augments_the_hebbian_phase(tmp_path, unverified, spy, monkeypatch):
+    base = tmp_path / "imagenet"
+    wnids = [f"n{i:08d}" for i in range(3)]
+    for split in ("train", "val"):
+        write_tree(base / split, {w: 4 for w in wnids}, sizes=((20, 14),))
+    monkeypatch.setitem(PROTOCOLS, "imagenet", PROTOCOLS["imagenet"].__class__(
+        **{**PROTOCOLS["imagenet"].__dict__, "hebb_images": 5}))  # the paper's 10 % of 12 images
+    cfg = RunConfig(dataset="imagenet", preset=SMALL, probe_epochs=1, workers=0)
+    res = run(cfg, tmp_path / "run", tmp_path, progress=False, echo=False)
+    assert spy[0]["n"] == 5 and spy[0]["augment"] is True
+    assert 0 <= res["test_acc"] <= 100
+
+
+def test_backprop_baseline_on_a_file_dataset(tmp_path, unverified):
+    stl_tree(tmp_path, n_train=8, n_test=4, n_unlabeled=4)
+    cfg = RunConfig(dataset="stl10", preset="2CnnCIFAR", probe_epochs=1)
+    res = run(cfg, tmp_path / "bp", tmp_path, progress=False, echo=False)
+    assert res["method"] == "backprop" and 0 <= res["test_acc"] <= 100
+
+
+def test_eval_of_a_file_dataset_run(tmp_path, unverified, monkeypatch):
+    stl_tree(tmp_path)
+    res = run(RunConfig(dataset="stl10", preset=SMALL, probe_epochs=1), tmp_path / "run", tmp_path,
+              progress=False, echo=False)
+    monkeypatch.setattr(run_module, "load_dataset", functools.partial(data.load_dataset, verify=False))
+    again = run_module.evaluate_run(tmp_path / "run", data_dir=tmp_path, device="cpu")
+    assert again["n"] == 6 and abs(again["test_acc"] - res["test_acc"]) < 1e-9
