@@ -117,6 +117,14 @@ def test_cifar100_traversal_member_refused(tmp_path):
     assert not (tmp_path / "evil").exists() and not (tmp_path / "cifar100" / "cifar-100-python").exists()
 
 
+def test_decompression_bomb_refused_before_writing(tmp_path):
+    make_tar(tmp_path / "cifar100" / "cifar-100-python.tar.gz", {"cifar-100-python/test": bytes(40 << 20)})
+    assert (tmp_path / "cifar100" / "cifar-100-python.tar.gz").stat().st_size < 1 << 20  # 40 MB of zeros, gzipped
+    with pytest.raises(DatasetError, match="expand to more than 3x"):
+        load_dataset("cifar100", "test", root=tmp_path, verify=False)
+    assert sorted(p.name for p in (tmp_path / "cifar100").iterdir()) == ["cifar-100-python.tar.gz"]
+
+
 # ----------------------------------------------------------------------------- STL-10
 
 def stl_images(n: int, offset: int = 0) -> np.ndarray:

@@ -655,13 +655,23 @@ def _extracted_dir(url: str, base: Path, folder: str, archive_name: str, md5: st
     return target
 
 
+_EXPANSION_LIMIT = 3
+
+
 def _safe_extract(archive: Path, base: Path, folder: str, hint: str) -> None:
     """Extract into a temp dir and rename `folder` into place, so a bad or interrupted archive leaves nothing behind."""
     tmp: Path | None = None
+    # The datasets' archives are JPEGs and raw pixels that gzip hardly shrinks; a far larger expansion is a
+    # decompression bomb, refused before it fills the disk.
+    budget = _EXPANSION_LIMIT * archive.stat().st_size + (16 << 20)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=base))
         with tarfile.open(archive, "r:gz") as tar:
             for member in tar:
+                budget -= member.size
+                if budget < 0:
+                    raise DatasetError(f"{archive}: its members expand to more than {_EXPANSION_LIMIT}x the archive's "
+                                       f"size (at {member.name!r}); not a dataset archive, refusing to extract. " + hint)
                 parts = PurePosixPath(member.name).parts
                 if (member.name.startswith(("/", "\\")) or PureWindowsPath(member.name).drive
                         or ".." in parts or not (member.isfile() or member.isdir())):
