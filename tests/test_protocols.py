@@ -129,3 +129,17 @@ def test_eval_of_a_file_dataset_run(tmp_path, unverified, monkeypatch):
     monkeypatch.setattr(run_module, "load_dataset", functools.partial(data.load_dataset, verify=False))
     again = run_module.evaluate_run(tmp_path / "run", data_dir=tmp_path, device="cpu")
     assert again["n"] == 6 and abs(again["test_acc"] - res["test_acc"]) < 1e-9
+
+
+def test_streamed_bf16_features_do_not_leave_autocast_on_for_the_head(tmp_path):
+    ds = data.load_dataset("stl10", "train", stl_tree(tmp_path).parent.parent, verify=False)
+    model = build_model(SMALL, (3, 96, 96), 10, seed=0)
+    rows = train.StreamedFeatures(model, ds, precision="bf16").iterate([torch.arange(0, 4)])
+    f = next(rows)
+    assert not torch.is_autocast_enabled("cpu") and model.head(f.float()).dtype == torch.float32
+
+
+def test_augmentation_without_a_seed_is_refused():
+    images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="seed"):
+        train.load_batch(images, torch.arange(2), torch.device("cpu"), augment=True)

@@ -19,8 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .network import SoftHebbNet
-from .train import (Images, Logger, _batches, _device, _progress, batch_seed, evaluate, extract_features,
-                    iterate_batches, step_lr_milestones)
+from .train import (Images, Logger, StreamedFeatures, _batches, _device, _inputs_in_order, _progress, batch_seed,
+                    evaluate, extract_features, iterate_batches, step_lr_milestones)
 
 BP_MODES = ("end-to-end", "layerwise")
 RANDOM_BN = ("identity", "data")
@@ -57,7 +57,9 @@ def _bp_epochs(model: SoftHebbNet, trained: list[nn.Module], images: Images, lab
             row = {"phase": name, "epoch": epoch, "lr": cur_lr, "train_loss": float(loss_sum) / n,
                    "train_acc": 100.0 * int(correct) / n}
             if test is not None and (epoch == 1 or epoch % eval_every == 0 or epoch == epochs):
-                t = evaluate(model, extract_features(model, test[0], workers=workers), test[1].to(device))
+                feats = (extract_features(model, test[0]) if isinstance(test[0], torch.Tensor)
+                         else StreamedFeatures(model, test[0], workers=workers))  # file datasets: too big to hold
+                t = evaluate(model, feats, test[1].to(device))
                 row |= {"test_loss": t["loss"], "test_acc": t["acc"]}
                 result = {"test_acc": t["acc"], "test_loss": t["loss"], "train_acc": row["train_acc"]}
             if log:
@@ -132,9 +134,7 @@ def calibrate_batchnorm(model: SoftHebbNet, images: Images, batch_size: int = 25
             m.reset_running_stats()
             m.momentum = None  # cumulative average: independent of the batch order
             m.train()
-        n = len(images)
-        batches = [torch.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
-        for x in iterate_batches(images, batches, device):
+        for x in _inputs_in_order(images, range(0, len(images), batch_size), batch_size, device):
             block.pre(model.features(x, depth))
         for m, momentum in zip(bns, momenta):
             m.momentum = momentum

@@ -63,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--bp-mode", default="end-to-end", choices=["end-to-end", "layerwise"],
                    help="backprop presets (*Cnn*): train all layers together, or one block at a time as the original's commands did; "
                    "--probe-epochs/--probe-batch/--probe-lr set its epochs, batch and Adam rate")
-    t.add_argument("--train-limit", type=int, default=None, help="use a seeded random subset of N training images")
+    t.add_argument("--train-limit", type=int, default=None, help="use a seeded random subset of N training images "
+                   "(also caps the Hebbian split where it is another one, e.g. STL-10's unlabeled images)")
     t.add_argument("--test-limit", type=int, default=None, help="use a seeded random subset of N test images")
     t.add_argument("--data-dir", default=None, help=f"data root (default: ${DATA_ENV}, else ~/.cache/softhebb/data)")
     t.add_argument("--out", default=None, help="run directory (default: runs/<dataset>-<preset>-s<seed>)")

@@ -118,7 +118,7 @@ class ImageDataset:
     def get_images(self, indices: Indices, augment: bool = False,
                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """uint8 (B, C, H, W) copy of the images at `indices`; `augment`: reflect-pad-4 crop + flip (§4.3)."""
-        batch = self.images[_as_indices(indices, len(self)).to(self.images.device)]
+        batch = self.images[_as_indices(indices, len(self)).to(self.images.device)].contiguous()  # STL's map is transposed
         return crop_flip(batch, 4, generator) if augment else batch
 
 

@@ -505,7 +505,7 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
             else:
                 f_train = extract_features(model, rows(x_train), progress=progress and lead, dtype=fdtype,
                                            precision=cfg.precision, workers=workers)
-            if len(x_test) * model.num_features * fdtype.itemsize <= CACHED_TEST_FEATURES_BYTES:
+            if in_memory or len(x_test) * model.num_features * fdtype.itemsize <= CACHED_TEST_FEATURES_BYTES:
                 f_test = extract_features(model, rows(x_test), progress=progress and lead, dtype=fdtype,
                                           precision=cfg.precision, workers=workers)
             else:  # e.g. ImageNet's 50,000 validation images: recomputed at each evaluation instead of held

@@ -64,7 +64,9 @@ def load_batch(images: Images, idx: torch.Tensor, device: torch.device, augment:
 
     ``augment``: reflect-pad-4 crop + flip for arrays, RandomResizedCrop + flip for folders (reference §4.3).
     """
-    gen = torch.Generator().manual_seed(seed) if augment and seed is not None else None
+    if augment and seed is None:
+        raise ValueError("augmented batches need a seed (batch_seed): the global RNG would shift the dropout masks")
+    gen = torch.Generator().manual_seed(seed) if augment else None
     if isinstance(images, torch.Tensor):
         x = images[idx.to(images.device)]
         if augment:
@@ -78,14 +80,15 @@ class _DecodedBatches(torch.utils.data.Dataset):
     """Batch b of a list of index batches, decoded (and augmented) in a DataLoader worker."""
 
     def __init__(self, images: DatasetLike, batches: Sequence[torch.Tensor], augment: bool, seeds: Sequence[int]) -> None:
-        self.images, self.batches, self.augment, self.seeds = images, batches, augment, seeds
+        # CPU indices: a worker process must not touch CUDA
+        self.images, self.batches, self.augment, self.seeds = images, [b.cpu() for b in batches], augment, seeds
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def __getitem__(self, b: int) -> torch.Tensor:
         gen = torch.Generator().manual_seed(self.seeds[b]) if self.augment else None
-        return self.images.get_images(self.batches[b].cpu(), self.augment, gen)
+        return self.images.get_images(self.batches[b], self.augment, gen)
 
 
 def iterate_batches(images: Images, batches: Sequence[torch.Tensor], device: torch.device, augment: bool = False,
@@ -94,6 +97,8 @@ def iterate_batches(images: Images, batches: Sequence[torch.Tensor], device: tor
 
     Datasets (not in-memory tensors) with ``workers`` > 0 decode in that many processes, a few batches ahead.
     """
+    if augment and seeds is None:
+        raise ValueError("augmented batches need per-batch seeds (batch_seed)")
     seeds = seeds if seeds is not None else [None] * len(batches)
     if isinstance(images, torch.Tensor) or workers == 0:
         for idx, seed in zip(batches, seeds):
@@ -273,14 +278,27 @@ def extract_features(model: SoftHebbNet, images: Images, batch_size: int = 250, 
     device = _device(model)
     n = len(images)
     out = torch.empty(n, model.num_features, dtype=dtype, device=device)
-    batches = [torch.arange(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    starts = range(0, n, batch_size)
     with _progress(n, "features", progress) as bar, _autocast(device, precision):
-        for idx, x in zip(batches, iterate_batches(images, batches, device, workers=workers)):
-            if x.dim() == 4:  # channels-last convs and pools: +16 % on the CIFAR network on CPU, same values
-                x = x.contiguous(memory_format=torch.channels_last)
-            out[int(idx[0]):int(idx[-1]) + 1] = model.features(x).flatten(1)
+        for start, x in zip(starts, _inputs_in_order(images, starts, batch_size, device, workers)):
+            out[start:start + x.shape[0]] = _features(model, x)
             bar.update(x.shape[0])
     return out
+
+
+def _inputs_in_order(images: Images, starts: range, batch_size: int, device: torch.device,
+                     workers: int = 0) -> Iterator[torch.Tensor]:
+    """Model inputs of consecutive rows: slices of an in-memory tensor (no index copy, no sync), else decoded batches."""
+    n = len(images)
+    if isinstance(images, torch.Tensor):
+        return (as_input(images[s:s + batch_size].to(device, non_blocking=True)) for s in starts)
+    return iterate_batches(images, [torch.arange(s, min(s + batch_size, n)) for s in starts], device, workers=workers)
+
+
+def _features(model: SoftHebbNet, x: torch.Tensor) -> torch.Tensor:
+    if x.dim() == 4:  # channels-last convs and pools: +16 % on the CIFAR network on CPU, same values
+        x = x.contiguous(memory_format=torch.channels_last)
+    return model.features(x).flatten(1)
 
 
 class StreamedFeatures:
@@ -301,16 +319,10 @@ class StreamedFeatures:
         for block in self.model.blocks:  # frozen: running BN statistics (the head may be in train mode)
             block.eval()
         seeds = [batch_seed(self.seed, epoch, b) for b in range(len(batches))]
-        for x in iterate_batches(self.images, batches, self.device, self.augment, seeds, self.workers):
+        for x in iterate_batches(self.images, [b.cpu() for b in batches], self.device, self.augment, seeds, self.workers):
             with _autocast(self.device, self.precision):
-                yield self.model.features(x).flatten(1)
-
-
-def _feature_rows(features: torch.Tensor | StreamedFeatures, batches: Sequence[torch.Tensor],
-                  epoch: int = 0) -> Iterator[torch.Tensor]:
-    if isinstance(features, StreamedFeatures):
-        return features.iterate(batches, epoch)
-    return (features[idx] for idx in batches)
+                f = _features(self.model, x)
+            yield f  # outside autocast: the caller's head must not run under it
 
 
 def step_lr_milestones(epochs: int) -> list[int]:
@@ -332,10 +344,12 @@ def evaluate(model: SoftHebbNet, features: torch.Tensor | StreamedFeatures, labe
     n = features.shape[0]
     if isinstance(features, StreamedFeatures):
         batch_size = min(batch_size, features.batch_size)  # a forward through the network, not a gather
-    batches = [torch.arange(start, min(start + batch_size, n), device=labels.device) for start in range(0, n, batch_size)]
-    for idx, x in zip(batches, _feature_rows(features, batches)):
+        rows = features.iterate([torch.arange(s, min(s + batch_size, n)) for s in range(0, n, batch_size)])
+    else:
+        rows = (features[s:s + batch_size] for s in range(0, n, batch_size))
+    for start, x in zip(range(0, n, batch_size), rows):
         logits = model.head(x.float())
-        y = labels[idx]
+        y = labels[start:start + batch_size]
         loss += F.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     count = torch.tensor(features.shape[0], device=features.device)
@@ -403,7 +417,11 @@ def train_probe(
             order = torch.randperm(n, generator=gen)
             batches = (parallel.probe_batches(order, batch_size, device) if parallel is not None
                        else [(idx, idx.numel()) for idx in _batches(order.to(device), batch_size)])
-            for (idx, global_size), x in zip(batches, _feature_rows(train_features, [i for i, _ in batches], epoch)):
+            if isinstance(train_features, StreamedFeatures):  # decoded from CPU indices, labels gathered on the device
+                rows = train_features.iterate(list(_batches(order, batch_size)), epoch)
+            else:
+                rows = (train_features[idx] for idx, _ in batches)
+            for (idx, global_size), x in zip(batches, rows):
                 y = train_labels[idx]
                 logits = forward(x.float())
                 batch_loss = F.cross_entropy(logits, y, reduction="sum")
