@@ -176,11 +176,16 @@ class Subset:
         return self.dataset.get_images(self.indices[_as_indices(indices, len(self))], augment, generator)
 
 
+def subset_indices(n: int, size: int, seed: int) -> torch.Tensor:
+    """A seeded random ``size`` of ``range(n)``, sorted: the rows every ``--train-limit`` / ``--test-limit`` uses."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].sort().values
+
+
 def random_subset(dataset: "DatasetLike", size: Optional[int], seed: int) -> "DatasetLike":
     """A seeded random ``size`` rows of ``dataset`` in their original order (all of it if ``size`` is None or larger)."""
     if size is None or size >= len(dataset):
         return dataset
-    return Subset(dataset, torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:size].sort().values)
+    return Subset(dataset, subset_indices(len(dataset), size, seed))
 
 
 # Dataset archives and file browsers leave these next to images; anything else that is not an image is an error.

@@ -36,7 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from . import __version__, distributed
-from .data import DATASETS, load_dataset, random_subset
+from .data import DATASETS, load_dataset, random_subset, subset_indices
 from .layers import _HebbianLayer
 from .network import SoftHebbNet, build_model, get_preset, resolve_preset
 from .baselines import BP_MODES, RANDOM_BN, calibrate_batchnorm, train_backprop
@@ -175,7 +175,7 @@ def atomic_write(path: Path, data: bytes | str) -> None:
 def _subset(images: torch.Tensor, labels: torch.Tensor, limit: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     if limit is None or limit >= labels.numel():
         return images, labels
-    idx = torch.randperm(labels.numel(), generator=torch.Generator().manual_seed(seed))[:limit].sort().values
+    idx = subset_indices(labels.numel(), limit, seed)
     return images[idx], labels[idx]
 
 

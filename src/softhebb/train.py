@@ -304,7 +304,7 @@ def _features(model: SoftHebbNet, x: torch.Tensor) -> torch.Tensor:
 class StreamedFeatures:
     """Features of ``images`` computed batch by batch when the probe asks for them: recomputed every epoch
     from freshly augmented images (the paper's STL-10 / ImageNette / ImageNet probes), or streamed because
-    there are too many rows to keep. Indexed by the probe like a cached feature tensor (``shape``, ``device``)."""
+    there are too many rows to keep. ``train_probe`` and ``evaluate`` take it in place of a cached feature tensor."""
 
     def __init__(self, model: SoftHebbNet, images: Images, augment: bool = False, seed: int = 0,
                  precision: str = "fp32", workers: int = 0, batch_size: int = 250) -> None:
