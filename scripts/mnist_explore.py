@@ -20,8 +20,7 @@ import time
 import torch
 
 from softhebb.data import load_dataset
-from softhebb.network import get_preset
-from softhebb.network import build_model
+from softhebb.network import build_model, get_preset
 from softhebb.train import extract_features, hebbian_phase, train_probe
 
 TWO, THREE = "SoftHebbCnnMNIST_2layer", "SoftHebbCnnMNIST"

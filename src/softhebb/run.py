@@ -172,6 +172,11 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         os.close(dir_fd)
 
 
+def _default_workers() -> int:
+    """Decoding processes for image-folder datasets when --workers is not given."""
+    return min(8, os.cpu_count() or 1)
+
+
 def _subset(images: torch.Tensor, labels: torch.Tensor, limit: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     if limit is None or limit >= labels.numel():
         return images, labels
@@ -415,11 +420,10 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
                        f"the in-memory datasets only ({', '.join(IN_MEMORY)})")
     train = load_dataset(cfg.dataset, "train", data_dir)
     test = load_dataset(cfg.dataset, "test", data_dir)
-    workers = 0 if in_memory else cfg.workers if cfg.workers is not None else min(8, os.cpu_count() or 1)
+    workers = 0 if in_memory else cfg.workers if cfg.workers is not None else _default_workers()
     if in_memory:
         x_train, y_train = _subset(train.images, train.labels, cfg.train_limit, cfg.seed)
         x_test, y_test = _subset(test.images, test.labels, cfg.test_limit, cfg.seed)
-        x_hebb = x_train
     else:  # datasets stay on disk (memory-mapped or image files); batches are read and augmented as needed
         x_train, x_test = random_subset(train, cfg.train_limit, cfg.seed), random_subset(test, cfg.test_limit, cfg.seed)
         y_train, y_test = x_train.labels, x_test.labels
@@ -569,6 +573,6 @@ def evaluate_run(run_dir: str | os.PathLike, dataset: str | None = None, data_di
     else:
         x = random_subset(test, limit, config["run"]["seed"])
         y = x.labels
-        feats = StreamedFeatures(model, x, precision=precision, workers=min(8, os.cpu_count() or 1))
+        feats = StreamedFeatures(model, x, precision=precision, workers=_default_workers())
     res = evaluate(model, feats, y.to(dev))
     return {"dataset": name, "test_acc": res["acc"], "test_loss": res["loss"], "n": int(y.numel())}

@@ -319,7 +319,7 @@ class StreamedFeatures:
         for block in self.model.blocks:  # frozen: running BN statistics (the head may be in train mode)
             block.eval()
         seeds = [batch_seed(self.seed, epoch, b) for b in range(len(batches))]
-        for x in iterate_batches(self.images, [b.cpu() for b in batches], self.device, self.augment, seeds, self.workers):
+        for x in iterate_batches(self.images, batches, self.device, self.augment, seeds, self.workers):
             with _autocast(self.device, self.precision):
                 f = _features(self.model, x)
             yield f  # outside autocast: the caller's head must not run under it
