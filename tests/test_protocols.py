@@ -1,11 +1,13 @@
 """The paper's STL-10 / ImageNette / ImageNet protocols wired into runs, on tiny files in the official formats:
 Hebbian phase on the right split (and sample, and augmentation), the probe on features recomputed from
-augmented images every epoch, and results that do not depend on the number of decoding workers."""
+augmented images every epoch, and results that do not depend on the number of decoding workers.
+Also the named probe augmentations (``--probe-augment shift|noise``) on any dataset."""
 
 from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ import torch
 pytest.importorskip("PIL")
 
 from softhebb import data, run as run_module, train  # noqa: E402
+from softhebb.augment import augment_batch  # noqa: E402
 from softhebb.network import build_model  # noqa: E402
 from softhebb.run import PROTOCOLS, RunConfig, RunError, run  # noqa: E402
 from test_data_more import imagenette_tree, stl_images, write_stl, write_tree  # noqa: E402
@@ -143,3 +146,66 @@ def test_augmentation_without_a_seed_is_refused():
     images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
     with pytest.raises(ValueError, match="seed"):
         train.load_batch(images, torch.arange(2), torch.device("cpu"), augment=True)
+
+
+def test_shift_translates_by_at_most_two_pixels_without_flipping():
+    x = torch.rand(64, 1, 12, 12)  # random content: a flip or another offset cannot match by chance
+    out = augment_batch(x, "shift", torch.Generator().manual_seed(0))
+    offsets = []
+    for a, b in zip(x, out):  # away from the reflected border, the output is the input moved by (dy, dx)
+        match = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if torch.equal(b[:, 2:10, 2:10], a[:, 2 + dy:10 + dy, 2 + dx:10 + dx])]
+        assert len(match) == 1
+        offsets.append(match[0])
+    assert len(set(offsets)) >= 20  # of the 25: every offset is drawn, not a fixed one
+
+
+def test_noise_adds_unit_gaussian_noise_reproducibly():
+    x = torch.rand(200, 1, 28, 28)
+    a, b = (augment_batch(x, "noise", torch.Generator().manual_seed(1)) for _ in range(2))
+    assert torch.equal(a, b)
+    d = a - x
+    assert abs(float(d.mean())) < 0.01 and abs(float(d.std()) - 1) < 0.01
+    with pytest.raises(ValueError, match="unknown augmentation 'flip'"):
+        augment_batch(x, "flip")
+
+
+@pytest.mark.parametrize("name", ["shift", "noise"])
+def test_named_augmentation_is_the_same_from_a_tensor_a_dataset_and_workers(tmp_path, name):
+    ds = data.load_dataset("stl10", "train", stl_tree(tmp_path).parent.parent, verify=False)
+    batches, seeds = [torch.arange(0, 5), torch.arange(5, 12)], [7, 8]
+    tensor = ds.get_images(torch.arange(len(ds)))
+    cpu = torch.device("cpu")
+    from_tensor = [train.load_batch(tensor, b, cpu, name, s) for b, s in zip(batches, seeds)]
+    for workers in (0, 2):
+        got = list(train.iterate_batches(ds, batches, cpu, name, seeds, workers))
+        assert all(torch.equal(a, b) for a, b in zip(from_tensor, got))
+    plain = train.load_batch(tensor, batches[0], cpu)
+    assert not torch.equal(plain, from_tensor[0])
+    assert not torch.equal(train.load_batch(tensor, batches[0], cpu, True, 7), from_tensor[0])  # not crop + flip
+
+
+def test_probe_augment_option_on_an_in_memory_dataset(data_root, tmp_path, spy):
+    base = dict(dataset="mnist", preset="SoftHebbCnnMNIST_2layer", train_limit=200, test_limit=100, probe_epochs=2)
+    with pytest.raises(RunError, match="probe_augment"):
+        RunConfig(**base, probe_augment="flip")
+    assert RunConfig(**base).probe_augmentation is False and RunConfig(**base, probe_augment="dataset").probe_augmentation
+    assert RunConfig(dataset="stl10", preset=SMALL).probe_augmentation is True
+    assert RunConfig(dataset="stl10", preset=SMALL, probe_augment="none").probe_augmentation is False
+    plain = run(RunConfig(**base), tmp_path / "plain", data_root, progress=False, echo=False)
+    shifted = run(RunConfig(**base, probe_augment="shift"), tmp_path / "shift", data_root, progress=False, echo=False)
+    assert plain["test_loss"] != shifted["test_loss"]
+    assert json.loads((tmp_path / "shift" / "config.json").read_text())["run"]["probe_augment"] == "shift"
+
+
+def test_runs_started_before_probe_augment_existed_keep_their_names_and_resume():
+    from softhebb.reproduce import _run_name
+
+    assert _run_name(RunConfig()) == "cifar10-4SoftHebbCnnCIFAR-ce64bcd2-s0"  # the name of our published run
+    assert _run_name(RunConfig(probe_augment="none")) != _run_name(RunConfig())
+    cfg = RunConfig()
+    old = {k: v for k, v in cfg.__dict__.items() if k != "probe_augment"}
+    run_module._same_config(Path("x"), old, cfg.resolved_preset(), cfg, cfg.resolved_preset())
+    with pytest.raises(RunError, match="probe_augment: None there, 'shift' now"):
+        shifted = RunConfig(probe_augment="shift")
+        run_module._same_config(Path("x"), old, cfg.resolved_preset(), shifted, shifted.resolved_preset())

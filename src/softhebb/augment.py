@@ -17,7 +17,11 @@ Differences from the reference (torchvision 0.8):
   resizes in one Pillow call (`resize(box=...)`), which can differ from crop-then-resize by rounding at the
   crop border.
 * Normalisation is a separate step on the uint8 batch (`normalize`), so datasets can stay uint8 in memory.
-* MNIST's augmentation (additive Gaussian noise, std `noise_std`) is not here: it is `x + std * randn`.
+
+Named batch augmentations (`augment_batch`, on a float batch in [0, 1], for any dataset):
+* "noise": the original's MNIST augmentation, x + N(0, 1) (its `MNIST_100aug`: noise_std 1; reference §4.3).
+* "shift": a random translation by up to 2 pixels, no flip (reflect-pad-2 crop): ours, for digits,
+  where the crop + flip of CIFAR would mirror the classes.
 """
 
 from __future__ import annotations
@@ -69,6 +73,18 @@ def crop_flip(images: torch.Tensor, padding: int = 4, generator: Optional[torch.
     dev = images.device
     return images[torch.arange(n, device=dev).view(n, 1, 1, 1), torch.arange(c, device=dev).view(1, c, 1, 1),
                   rows.to(dev).view(n, 1, h, 1), cols.to(dev).view(n, 1, 1, w)]
+
+
+BATCH_AUGMENTATIONS = ("shift", "noise")
+
+
+def augment_batch(x: torch.Tensor, name: str, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Apply the named augmentation (`BATCH_AUGMENTATIONS`) to a float NCHW batch in [0, 1]."""
+    if name == "shift":
+        return crop_flip(x, 2, generator, flip_p=0.0)
+    if name == "noise":
+        return x + torch.randn(x.shape, generator=generator).to(x.device)
+    raise ValueError(f"unknown augmentation {name!r}: expected one of {BATCH_AUGMENTATIONS}")
 
 
 def random_resized_crop_box(width: int, height: int, generator: Optional[torch.Generator] = None,

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .network import SoftHebbNet
-from .train import (Images, Logger, StreamedFeatures, _batches, _device, _inputs_in_order, _progress, batch_seed,
+from .train import (Augment, Images, Logger, StreamedFeatures, _batches, _device, _inputs_in_order, _progress, batch_seed,
                     evaluate, extract_features, iterate_batches, step_lr_milestones)
 
 BP_MODES = ("end-to-end", "layerwise")
@@ -27,7 +27,7 @@ RANDOM_BN = ("identity", "data")
 
 
 def _bp_epochs(model: SoftHebbNet, trained: list[nn.Module], images: Images, labels: torch.Tensor, epochs: int,
-               batch_size: int, lr: float, seed: int, augment: bool, name: str, log: Logger | None,
+               batch_size: int, lr: float, seed: int, augment: Augment, name: str, log: Logger | None,
                progress: bool, test: tuple[Images, torch.Tensor] | None, eval_every: int, workers: int) -> dict[str, float]:
     """Adam + step-halving epochs of cross-entropy on the parameters of ``trained`` (the rest in eval mode)."""
     opt = torch.optim.Adam([p for m in trained for p in m.parameters()], lr=lr, fused=True)
@@ -81,7 +81,7 @@ def train_backprop(
     batch_size: int = 64,
     lr: float = 1e-3,
     seed: int = 0,
-    augment: bool = False,
+    augment: Augment = False,
     eval_every: int = 10,
     log: Logger | None = None,
     progress: bool = True,
@@ -89,7 +89,7 @@ def train_backprop(
 ) -> dict[str, float]:
     """Train a backprop preset; returns the final-epoch test accuracy (the last stage's in layerwise mode).
 
-    ``augment``: the dataset's training augmentation (reference §4.3), seeded per batch.
+    ``augment``: the training augmentation (see ``softhebb.train.Augment``), seeded per batch.
     """
     if mode not in BP_MODES:
         raise ValueError(f"mode must be one of {BP_MODES}, got {mode!r}")

@@ -53,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--probe-batch", type=int, default=None,
                    help="linear-probe batch size (default: the dataset's protocol: 64; ImageNette/ImageNet 32)")
     t.add_argument("--probe-lr", type=float, default=1e-3, help="linear-probe Adam learning rate (halved on the paper's schedule)")
+    t.add_argument("--probe-augment", default=None, choices=["none", "dataset", "shift", "noise"],
+                   help="train the probe on augmented images, recomputing the features every epoch: dataset = its own "
+                   "(crop + flip; RandomResizedCrop + flip for image folders), shift = random translation by up to 2 px, "
+                   "noise = + N(0, 1) (the original's MNIST augmentation). Default: the dataset's protocol "
+                   "(none on CIFAR and MNIST, dataset on STL-10, ImageNette, ImageNet)")
     t.add_argument("--eval-every", type=int, default=10, help="evaluate on the test set every N probe epochs (and the last)")
     t.add_argument("--set", dest="block_overrides", type=_block_override, action="append", default=None, metavar="FIELD=VALUE",
                    help="override a field of every Hebbian block (repeatable), e.g. --set t_invert=0.5 --set rule=soft")
@@ -149,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
                         probe_lr=args.probe_lr, eval_every=args.eval_every, train_limit=args.train_limit,
                         test_limit=args.test_limit, device=args.device, precision=args.precision,
                         block_overrides=dict(args.block_overrides) if args.block_overrides else None,
-                        random_bn=args.random_bn, bp_mode=args.bp_mode, workers=args.workers)
+                        random_bn=args.random_bn, bp_mode=args.bp_mode, workers=args.workers,
+                        probe_augment=args.probe_augment)
         out = Path(args.out or f"runs/{args.dataset}-{get_preset(preset)['name']}-s{args.seed}")
         try:
             par = distributed.init_from_env(args.device)  # under torchrun: join the group; rank 0 alone writes and prints

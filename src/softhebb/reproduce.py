@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .run import RunConfig, RunError, atomic_write, run
+from .run import ADDED_FIELDS, RunConfig, RunError, atomic_write, run
 
 
 @dataclass(frozen=True)
@@ -182,7 +182,9 @@ def list_experiments() -> str:
 
 def _run_name(cfg: RunConfig) -> str:
     """Named by the full configuration: identical cells share a run, and changed options never reuse one."""
-    fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "workers"}  # never changes results
+    # workers never changes results; fields added later are left out at their default, so older runs keep their names
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items()
+              if k != "workers" and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
     return f"{cfg.dataset}-{cfg.preset}-{digest}-s{cfg.seed}"
 

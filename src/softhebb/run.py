@@ -40,11 +40,12 @@ from .data import DATASETS, load_dataset, random_subset, subset_indices
 from .layers import _HebbianLayer
 from .network import SoftHebbNet, build_model, get_preset, resolve_preset
 from .baselines import BP_MODES, RANDOM_BN, calibrate_batchnorm, train_backprop
-from .train import (MODES, PRECISIONS, NonFiniteError, StreamedFeatures, evaluate, extract_features, hebbian_phase,
+from .augment import BATCH_AUGMENTATIONS
+from .train import (MODES, PRECISIONS, Augment, NonFiniteError, StreamedFeatures, evaluate, extract_features, hebbian_phase,
                     train_probe)
 
 CHECKPOINT = "checkpoint.safetensors"
-IN_MEMORY = ("mnist", "fashion-mnist", "cifar10", "cifar100")  # held as uint8 tensors; no augmentation, features once
+IN_MEMORY = ("mnist", "fashion-mnist", "cifar10", "cifar100")  # held as uint8 tensors; features once unless augmented
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ PROTOCOLS: dict[str, Protocol] = {
     # all 1,281,167 training images for the probe (the original drew only from the first 1,000,000)
     "imagenet": Protocol(hebb_images=128_116, hebb_augment=True, probe_epochs=200, probe_batch=32, probe_augment=True),
 }
+PROBE_AUGMENTS = ("none", "dataset", *BATCH_AUGMENTATIONS)
 CACHED_TEST_FEATURES_BYTES = 2 << 30
 RUN_FILES = ("result.json", "metrics.jsonl", "model.safetensors", "config.json", CHECKPOINT)
 
@@ -96,6 +98,8 @@ class RunConfig:
     random_bn: str = "identity"  # with hebb_epochs=0: identity BNs (the paper's Random) or "data" statistics
     bp_mode: str = "end-to-end"  # backprop presets: "end-to-end" or "layerwise" (the original's successive)
     workers: int | None = None  # decoding processes for image folders (None: up to 8); never changes results
+    # None: the dataset's protocol; "none"; "dataset" (its own, reference §4.3); "shift" or "noise" (softhebb.augment)
+    probe_augment: str | None = None
 
     def __post_init__(self) -> None:
         def need(cond: bool, field: str, expected: str) -> None:
@@ -108,6 +112,8 @@ class RunConfig:
                 setattr(self, f, getattr(self.protocol, f))
         need(self.workers is None or (isinstance(self.workers, int) and self.workers >= 0), "workers",
              "None or an integer >= 0")
+        need(self.probe_augment is None or self.probe_augment in PROBE_AUGMENTS, "probe_augment",
+             f"None or one of {PROBE_AUGMENTS}")
         need(self.mode in MODES, "mode", f"one of {MODES}")
         for f in ("hebb_epochs", "probe_epochs"):
             need(isinstance(getattr(self, f), int) and getattr(self, f) >= 0, f, "an integer >= 0")
@@ -130,6 +136,13 @@ class RunConfig:
     @property
     def protocol(self) -> Protocol:
         return PROTOCOLS[self.dataset]
+
+    @property
+    def probe_augmentation(self) -> Augment:
+        """What the probe (or BP) trains on: ``train.Augment``, from ``probe_augment`` or the protocol."""
+        if self.probe_augment is None:
+            return self.protocol.probe_augment
+        return {"none": False, "dataset": True}.get(self.probe_augment, self.probe_augment)
 
     @property
     def backprop(self) -> bool:
@@ -325,6 +338,7 @@ def _restore(model: SoftHebbNet, ckpt: dict, par: distributed.Parallel | None) -
 # -- run directory ------------------------------------------------------------------------------
 
 _NOT_COMPARED = ("device", "workers")  # may change between a run and its resumption
+ADDED_FIELDS = {"probe_augment": None}  # RunConfig fields added after runs were published, at their defaults
 
 
 def _open_run_dir(out: Path, cfg: RunConfig, preset: dict, overwrite: bool, resume: bool) -> dict | None:
@@ -359,6 +373,7 @@ def _open_run_dir(out: Path, cfg: RunConfig, preset: dict, overwrite: bool, resu
 
 def _same_config(where: Path, saved_run: dict, saved_preset: dict, cfg: RunConfig, preset: dict) -> None:
     now = dataclasses.asdict(cfg)
+    saved_run = {**ADDED_FIELDS, **saved_run}  # runs started before a field existed ran at its default
     diff = [f"{k}: {saved_run.get(k)!r} there, {now[k]!r} now" for k in now
             if k not in _NOT_COMPARED and saved_run.get(k) != now[k]]
     if saved_preset != preset:
@@ -415,9 +430,9 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
     t0 = time.perf_counter()
     proto = cfg.protocol
     in_memory = cfg.dataset in IN_MEMORY
-    if not in_memory and par is not None:
-        raise RunError(f"{cfg.dataset} is read from files with augmentation; multi-process (torchrun) runs support "
-                       f"the in-memory datasets only ({', '.join(IN_MEMORY)})")
+    if par is not None and not (in_memory and not cfg.probe_augmentation):
+        raise RunError("multi-process (torchrun) runs support the in-memory datasets "
+                       f"({', '.join(IN_MEMORY)}) without probe augmentation only")
     train = load_dataset(cfg.dataset, "train", data_dir)
     test = load_dataset(cfg.dataset, "test", data_dir)
     workers = 0 if in_memory else cfg.workers if cfg.workers is not None else _default_workers()
@@ -489,7 +504,7 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
         t_data = time.perf_counter()
         if cfg.backprop:  # no Hebbian phase and no cached features: every layer learns from the labels
             probe = train_backprop(model, x_train, y_train, x_test, y_test, cfg.bp_mode, cfg.probe_epochs, cfg.probe_batch,
-                                   cfg.probe_lr, cfg.seed, augment=proto.probe_augment, eval_every=cfg.eval_every, log=log,
+                                   cfg.probe_lr, cfg.seed, augment=cfg.probe_augmentation, eval_every=cfg.eval_every, log=log,
                                    progress=progress, workers=workers)
             t_hebb = t_feat = t_data
         else:
@@ -503,8 +518,8 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
             t_hebb = time.perf_counter()
             # bf16 runs also store the features in bf16: half the memory and half the probe's memory traffic
             fdtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
-            if proto.probe_augment:  # new crops every epoch: features cannot be computed once
-                f_train = StreamedFeatures(model, x_train, augment=True, seed=cfg.seed, precision=cfg.precision,
+            if cfg.probe_augmentation:  # new crops every epoch: features cannot be computed once
+                f_train = StreamedFeatures(model, x_train, augment=cfg.probe_augmentation, seed=cfg.seed, precision=cfg.precision,
                                            workers=workers)
             else:
                 f_train = extract_features(model, rows(x_train), progress=progress and lead, dtype=fdtype,

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .augment import crop_flip, normalize
+from .augment import augment_batch, crop_flip, normalize
 from .data import DatasetLike
 from .network import SoftHebbNet
 
@@ -33,6 +33,9 @@ Checkpoint = Callable[[dict], None]
 
 
 Images = Union[torch.Tensor, DatasetLike]
+# False: none; True: the dataset's own training augmentation (reference §4.3: crop + flip for arrays,
+# RandomResizedCrop + flip for image folders); a name of augment.BATCH_AUGMENTATIONS ("shift", "noise").
+Augment = Union[bool, str]
 
 
 class NonFiniteError(RuntimeError):
@@ -58,28 +61,26 @@ def batch_seed(seed: int, *keys: int) -> int:
     return h
 
 
-def load_batch(images: Images, idx: torch.Tensor, device: torch.device, augment: bool = False,
+def load_batch(images: Images, idx: torch.Tensor, device: torch.device, augment: Augment = False,
                seed: int | None = None) -> torch.Tensor:
-    """Model input for rows ``idx``: float32 on ``device``, in [0, 1] (ImageNet-normalised for image folders).
-
-    ``augment``: reflect-pad-4 crop + flip for arrays, RandomResizedCrop + flip for folders (reference §4.3).
-    """
+    """Model input for rows ``idx``: float32 on ``device``, in [0, 1] (ImageNet-normalised for image folders),
+    augmented as ``augment`` says (see ``Augment``)."""
     if augment and seed is None:
         raise ValueError("augmented batches need a seed (batch_seed): the global RNG would shift the dropout masks")
     gen = torch.Generator().manual_seed(seed) if augment else None
+    own = augment is True
     if isinstance(images, torch.Tensor):
         x = images[idx.to(images.device)]
-        if augment:
-            x = crop_flip(x, 4, gen)
-        return as_input(x.to(device, non_blocking=True))
-    x = images.get_images(idx.cpu(), augment, gen)
-    return normalize(x.to(device, non_blocking=True), images.mean_std)
+        x = as_input((crop_flip(x, 4, gen) if own else x).to(device, non_blocking=True))
+    else:
+        x = normalize(images.get_images(idx.cpu(), own, gen).to(device, non_blocking=True), images.mean_std)
+    return augment_batch(x, augment, gen) if isinstance(augment, str) else x
 
 
 class _DecodedBatches(torch.utils.data.Dataset):
     """Batch b of a list of index batches, decoded (and augmented) in a DataLoader worker."""
 
-    def __init__(self, images: DatasetLike, batches: Sequence[torch.Tensor], augment: bool, seeds: Sequence[int]) -> None:
+    def __init__(self, images: DatasetLike, batches: Sequence[torch.Tensor], augment: Augment, seeds: Sequence[int]) -> None:
         # CPU indices: a worker process must not touch CUDA
         self.images, self.batches, self.augment, self.seeds = images, [b.cpu() for b in batches], augment, seeds
 
@@ -87,11 +88,12 @@ class _DecodedBatches(torch.utils.data.Dataset):
         return len(self.batches)
 
     def __getitem__(self, b: int) -> torch.Tensor:
-        gen = torch.Generator().manual_seed(self.seeds[b]) if self.augment else None
-        return self.images.get_images(self.batches[b], self.augment, gen)
+        own = self.augment is True  # a named batch augmentation is applied after decoding, in load order
+        gen = torch.Generator().manual_seed(self.seeds[b]) if own else None
+        return self.images.get_images(self.batches[b], own, gen)
 
 
-def iterate_batches(images: Images, batches: Sequence[torch.Tensor], device: torch.device, augment: bool = False,
+def iterate_batches(images: Images, batches: Sequence[torch.Tensor], device: torch.device, augment: Augment = False,
                     seeds: Sequence[int] | None = None, workers: int = 0) -> Iterator[torch.Tensor]:
     """Model inputs for each index batch in order (``seeds[b]``: batch b's augmentation seed).
 
@@ -109,8 +111,9 @@ def iterate_batches(images: Images, batches: Sequence[torch.Tensor], device: tor
     loader = torch.utils.data.DataLoader(_DecodedBatches(images, batches, augment, seeds), batch_size=None,
                                          num_workers=workers, prefetch_factor=4, pin_memory=device.type == "cuda",
                                          generator=torch.Generator())
-    for x in loader:
-        yield normalize(x.to(device, non_blocking=True), images.mean_std)
+    for x, seed in zip(loader, seeds):
+        x = normalize(x.to(device, non_blocking=True), images.mean_std)
+        yield augment_batch(x, augment, torch.Generator().manual_seed(seed)) if isinstance(augment, str) else x
 
 
 def _batches(order: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
@@ -139,7 +142,7 @@ def hebbian_phase(
     parallel: Parallel | None = None,
     precision: str = "fp32",
     on_batch: Callable[[dict], None] | None = None,
-    augment: bool = False,
+    augment: Augment = False,
     workers: int = 0,
 ) -> None:
     """Train the Hebbian blocks without labels.
@@ -306,7 +309,7 @@ class StreamedFeatures:
     from freshly augmented images (the paper's STL-10 / ImageNette / ImageNet probes), or streamed because
     there are too many rows to keep. ``train_probe`` and ``evaluate`` take it in place of a cached feature tensor."""
 
-    def __init__(self, model: SoftHebbNet, images: Images, augment: bool = False, seed: int = 0,
+    def __init__(self, model: SoftHebbNet, images: Images, augment: Augment = False, seed: int = 0,
                  precision: str = "fp32", workers: int = 0, batch_size: int = 250) -> None:
         self.model, self.images, self.augment, self.seed = model, images, augment, seed
         self.precision, self.workers, self.batch_size = precision, workers, batch_size
@@ -315,14 +318,22 @@ class StreamedFeatures:
 
     @torch.no_grad()
     def iterate(self, batches: Sequence[torch.Tensor], epoch: int = 0) -> Iterator[torch.Tensor]:
-        """Features of each index batch in order; augmentation seeded by (seed, epoch, batch)."""
+        """Features of each index batch in order. Consecutive batches are computed together, about
+        ``batch_size`` rows at a time (a probe batch of 64 is too small a forward); augmentation is
+        seeded by (seed, epoch, group)."""
         for block in self.model.blocks:  # frozen: running BN statistics (the head may be in train mode)
             block.eval()
-        seeds = [batch_seed(self.seed, epoch, b) for b in range(len(batches))]
-        for x in iterate_batches(self.images, batches, self.device, self.augment, seeds, self.workers):
+        groups: list[list[torch.Tensor]] = [[]]
+        for idx in batches:
+            if groups[-1] and sum(b.numel() for b in groups[-1]) + idx.numel() > self.batch_size:
+                groups.append([])
+            groups[-1].append(idx)
+        seeds = [batch_seed(self.seed, epoch, g) for g in range(len(groups))]
+        for group, x in zip(groups, iterate_batches(self.images, [torch.cat(g) for g in groups], self.device,
+                                                    self.augment, seeds, self.workers)):
             with _autocast(self.device, self.precision):
                 f = _features(self.model, x)
-            yield f  # outside autocast: the caller's head must not run under it
+            yield from f.split([b.numel() for b in group])  # outside autocast: the head must not run under it
 
 
 def step_lr_milestones(epochs: int) -> list[int]:
