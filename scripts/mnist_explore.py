@@ -1,10 +1,11 @@
 """Design exploration for the MNIST CNN preset: Hebbian variants × probe variants, features computed once.
 
 Each Hebbian variant is one of our MNIST presets with block fields changed; its features feed every
-probe variant (dropout, lr). The protocol is the one of `softhebb train` (1 Hebbian epoch at batch 10,
+probe variant (dropout, lr); with ``--probe-augment`` they are recomputed from augmented images every epoch. The protocol is the one of `softhebb train` (1 Hebbian epoch at batch 10,
 successive mode, 50-epoch probe, test accuracy after the last epoch). One JSON line per result.
 
     python scripts/mnist_explore.py --device cuda --out explore.jsonl --budget 240
+    python scripts/mnist_explore.py --device cuda --variants 3layer --probes p0.2,p0.3,p0.5 --probe-augment shift
     python scripts/mnist_explore.py --device cpu --train-limit 500 --probe-epochs 1 --variants base  # smoke test
 
 The winner is then confirmed on the CPU with `softhebb train` and two seeds (docs/RESULTS.md).
@@ -21,7 +22,7 @@ import torch
 
 from softhebb.data import load_dataset
 from softhebb.network import build_model, get_preset
-from softhebb.train import extract_features, hebbian_phase, train_probe
+from softhebb.train import StreamedFeatures, extract_features, hebbian_phase, train_probe
 
 TWO, THREE = "SoftHebbCnnMNIST_2layer", "SoftHebbCnnMNIST"
 # name → (base preset, {block index: {field: value}}); ordered by how promising they looked
@@ -37,7 +38,8 @@ VARIANTS: dict[str, tuple[str, dict[int, dict]]] = {
     "l1k3": (TWO, {0: {"kernel": 3, "padding": 1}}),
     "3l_l3w768": (THREE, {2: {"out": 768}}),
 }
-PROBES = {"p0.5": (0.5, 1e-3), "p0.7": (0.7, 1e-3), "p0.8": (0.8, 1e-3), "p0.5lr3e-4": (0.5, 3e-4)}
+PROBES = {"p0.5": (0.5, 1e-3), "p0.7": (0.7, 1e-3), "p0.8": (0.8, 1e-3), "p0.5lr3e-4": (0.5, 3e-4),
+          "p0.2": (0.2, 1e-3), "p0.3": (0.3, 1e-3)}
 
 
 def variant_preset(name: str) -> dict:
@@ -55,6 +57,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {', '.join(VARIANTS)}")
     ap.add_argument("--probes", default=",".join(PROBES), help=f"comma list of {', '.join(PROBES)}")
+    ap.add_argument("--probe-augment", default=None, choices=["shift", "noise"], help="augmented probe (features streamed)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--probe-epochs", type=int, default=50)
     ap.add_argument("--train-limit", type=int, default=None)
@@ -73,7 +76,9 @@ def main() -> None:
         t0 = time.perf_counter()
         model = build_model(variant_preset(name), (1, 28, 28), 10, seed=a.seed).to(device)
         hebbian_phase(model, x_tr, "successive", 1, 10, a.seed, progress=False)
-        f_tr, f_te = extract_features(model, x_tr), extract_features(model, x_te)
+        f_te = extract_features(model, x_te)
+        f_tr = (StreamedFeatures(model, x_tr, augment=a.probe_augment, seed=a.seed) if a.probe_augment
+                else extract_features(model, x_tr))
         t_hebb = time.perf_counter() - t0
         for probe in a.probes.split(","):
             dropout, lr = PROBES[probe]
@@ -82,7 +87,7 @@ def main() -> None:
             model.classifier.reset_parameters()
             t1 = time.perf_counter()
             res = train_probe(model, f_tr, y_tr, f_te, y_te, a.probe_epochs, 64, lr, a.seed, a.probe_epochs, progress=False)
-            row = {"variant": name, "probe": probe, "seed": a.seed, "features": f_tr.shape[1], "device": str(device),
+            row = {"variant": name, "probe": probe, "probe_augment": a.probe_augment, "seed": a.seed, "features": f_tr.shape[1], "device": str(device),
                    "train_size": int(y_tr.numel()), "hebb_plus_features_s": round(t_hebb, 1),
                    "probe_s": round(time.perf_counter() - t1, 1), **res}
             print(json.dumps(row), flush=True)

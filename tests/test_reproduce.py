@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,3 +115,31 @@ def test_every_experiment_cell_is_a_valid_run_config():
             for cell in exp.cells(dataset):
                 if dataset in ("mnist", "fashion-mnist", "cifar10", "cifar100"):
                     RunConfig(dataset=dataset, **cell.config)
+
+
+def test_reproduce_jobs_run_in_processes_with_the_same_results(data_root, tmp_path, monkeypatch):
+    cells = lambda dataset: [Cell("softhebb", 1, {"preset": "2SoftHebbCnnCIFAR"}, None),  # noqa: E731
+                             Cell("random", 1, {"preset": "2SoftHebbCnnCIFAR", "hebb_epochs": 0}, None)]
+    monkeypatch.setitem(reproduce.EXPERIMENTS, "tiny", Experiment("tiny", "tiny grid", "hidden layers", ("mnist",), cells))
+    opts = {k: v for k, v in SLICE.items() if k != "dataset"}
+    threads = torch.get_num_threads()
+    lines: list[str] = []
+    try:
+        torch.set_num_threads(1)  # what each of 2 jobs gets out of 2 threads: the same arithmetic
+        serial = reproduce.reproduce("tiny", tmp_path / "serial", ["mnist"], 2, str(data_root), opts, progress=False,
+                                     echo=lambda s: None)
+        torch.set_num_threads(2)
+        parallel = reproduce.reproduce("tiny", tmp_path / "jobs", ["mnist"], 2, str(data_root), opts, progress=False,
+                                       echo=lines.append, jobs=2)
+        with pytest.raises(Exception, match="train-images-idx3-ubyte"):  # a failing run stops the grid, and says why
+            reproduce.reproduce("tiny", tmp_path / "fail", ["mnist"], 2, str(tmp_path / "no-data"), opts,
+                                progress=False, echo=lambda s: None, jobs=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(parallel) == 4 and sum(line.endswith("%") for line in lines) == 4
+    for a, b in zip(serial, parallel):
+        assert (a["method"], a["seed"]) == (b["method"], b["seed"])
+        ra, rb = (json.loads((Path(r["run_dir"]) / "result.json").read_text()) for r in (a, b))
+        assert (ra["test_acc"], ra["test_loss"]) == (rb["test_acc"], rb["test_loss"])
+    with pytest.raises(RunError, match="jobs must be"):
+        reproduce.reproduce("tiny", tmp_path / "x", ["mnist"], 1, str(data_root), opts, jobs=0)

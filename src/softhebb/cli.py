@@ -110,6 +110,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a run option for every run, e.g. --option probe_epochs=10 --option train_limit=10000 "
                    "(a non-paper protocol; such runs get their own directories)")
     r.add_argument("--summary-only", action="store_true", help="run nothing; tabulate the runs that have finished")
+    r.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process, spread over the visible "
+                   "GPUs (a GPU is mostly idle with one run at batch 10); CPU threads are shared among them")
     r.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
@@ -134,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             reproduce.reproduce(args.experiment, args.out, args.dataset, args.seeds, args.data_dir,
                                 dict(args.overrides or []), progress=not args.no_progress, summary_only=args.summary_only,
-                                methods=args.methods.split(",") if args.methods else None)
+                                methods=args.methods.split(",") if args.methods else None, jobs=args.jobs)
             return 0
         if args.command == "presets":
             if args.name:
