@@ -179,7 +179,7 @@ def test_named_augmentation_is_the_same_from_a_tensor_a_dataset_and_workers(tmp_
     from_tensor = [train.load_batch(tensor, b, cpu, name, s) for b, s in zip(batches, seeds)]
     for workers in (0, 2):
         got = list(train.iterate_batches(ds, batches, cpu, name, seeds, workers))
-        assert all(torch.equal(a, b) for a, b in zip(from_tensor, got))
+        assert len(got) == 2 and all(torch.equal(a, b) for a, b in zip(from_tensor, got))
     plain = train.load_batch(tensor, batches[0], cpu)
     assert not torch.equal(plain, from_tensor[0])
     assert not torch.equal(train.load_batch(tensor, batches[0], cpu, True, 7), from_tensor[0])  # not crop + flip
@@ -195,6 +195,7 @@ def test_probe_augment_option_on_an_in_memory_dataset(data_root, tmp_path, spy):
     plain = run(RunConfig(**base), tmp_path / "plain", data_root, progress=False, echo=False)
     shifted = run(RunConfig(**base, probe_augment="shift"), tmp_path / "shift", data_root, progress=False, echo=False)
     assert plain["test_loss"] != shifted["test_loss"]
+    assert [call["augment"] for call in spy] == [False, False]  # the Hebbian phase never sees the probe's augmentation
     assert json.loads((tmp_path / "shift" / "config.json").read_text())["run"]["probe_augment"] == "shift"
 
 
@@ -202,10 +203,32 @@ def test_runs_started_before_probe_augment_existed_keep_their_names_and_resume()
     from softhebb.reproduce import _run_name
 
     assert _run_name(RunConfig()) == "cifar10-4SoftHebbCnnCIFAR-ce64bcd2-s0"  # the name of our published run
-    assert _run_name(RunConfig(probe_augment="none")) != _run_name(RunConfig())
+    assert _run_name(RunConfig(probe_augment="none")) == _run_name(RunConfig())  # the protocol's: the same run
+    assert _run_name(RunConfig(probe_augment="shift")) != _run_name(RunConfig())
     cfg = RunConfig()
     old = {k: v for k, v in cfg.__dict__.items() if k != "probe_augment"}
     run_module._same_config(Path("x"), old, cfg.resolved_preset(), cfg, cfg.resolved_preset())
     with pytest.raises(RunError, match="probe_augment: None there, 'shift' now"):
         shifted = RunConfig(probe_augment="shift")
         run_module._same_config(Path("x"), old, cfg.resolved_preset(), shifted, shifted.resolved_preset())
+
+
+def test_streamed_features_group_batches_and_return_them_in_order(tmp_path):
+    ds = data.load_dataset("stl10", "train", stl_tree(tmp_path).parent.parent, verify=False)
+    model = build_model(SMALL, (3, 96, 96), 10, seed=0)
+    order = torch.randperm(12, generator=torch.Generator().manual_seed(0))
+    batches = [order[:3], order[3:4], order[4:11], order[11:]]  # uneven, one larger than the group size
+    streamed = train.StreamedFeatures(model, ds, batch_size=4)
+    got = list(streamed.iterate(batches))
+    assert [f.shape[0] for f in got] == [3, 1, 7, 1]
+    torch.testing.assert_close(torch.cat(got), train.extract_features(model, ds)[order], rtol=1e-5, atol=1e-5)
+    assert list(streamed.iterate([])) == []
+
+
+def test_noise_is_added_to_pixels_before_a_folders_normalisation(tmp_path):
+    imagenette_tree(tmp_path, train=2, val=1)
+    ds = data.load_dataset("imagenette", "train", tmp_path, verify=False)
+    idx, cpu = torch.arange(4), torch.device("cpu")
+    noisy = train.load_batch(ds, idx, cpu, "noise", 5) - train.load_batch(ds, idx, cpu)
+    std = torch.tensor(data.IMAGENET_MEAN_STD[1]).view(1, 3, 1, 1)
+    assert abs(float((noisy * std).std()) - 1) < 0.05  # N(0, 1) in [0, 1] pixel units, whatever the dataset's std

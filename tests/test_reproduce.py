@@ -119,7 +119,8 @@ def test_every_experiment_cell_is_a_valid_run_config():
 
 def test_reproduce_jobs_run_in_processes_with_the_same_results(data_root, tmp_path, monkeypatch):
     cells = lambda dataset: [Cell("softhebb", 1, {"preset": "2SoftHebbCnnCIFAR"}, None),  # noqa: E731
-                             Cell("random", 1, {"preset": "2SoftHebbCnnCIFAR", "hebb_epochs": 0}, None)]
+                             Cell("random", 1, {"preset": "2SoftHebbCnnCIFAR", "hebb_epochs": 0}, None),
+                             Cell("softhebb", 2, {"preset": "2SoftHebbCnnCIFAR"}, None)]  # the same runs as the first
     monkeypatch.setitem(reproduce.EXPERIMENTS, "tiny", Experiment("tiny", "tiny grid", "hidden layers", ("mnist",), cells))
     opts = {k: v for k, v in SLICE.items() if k != "dataset"}
     threads = torch.get_num_threads()
@@ -136,10 +137,12 @@ def test_reproduce_jobs_run_in_processes_with_the_same_results(data_root, tmp_pa
                                 progress=False, echo=lambda s: None, jobs=2)
     finally:
         torch.set_num_threads(threads)
-    assert len(parallel) == 4 and sum(line.endswith("%") for line in lines) == 4
+    assert len(parallel) == 6 and sum(line.endswith("%") for line in lines) == 4  # shared runs ran once
     for a, b in zip(serial, parallel):
         assert (a["method"], a["seed"]) == (b["method"], b["seed"])
         ra, rb = (json.loads((Path(r["run_dir"]) / "result.json").read_text()) for r in (a, b))
         assert (ra["test_acc"], ra["test_loss"]) == (rb["test_acc"], rb["test_loss"])
+    with pytest.raises(RunError, match="use device=cuda"):
+        reproduce.reproduce("tiny", tmp_path / "x", ["mnist"], 1, str(data_root), {**opts, "device": "cuda:1"}, jobs=2)
     with pytest.raises(RunError, match="jobs must be"):
         reproduce.reproduce("tiny", tmp_path / "x", ["mnist"], 1, str(data_root), opts, jobs=0)

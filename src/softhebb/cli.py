@@ -111,7 +111,8 @@ def _parser() -> argparse.ArgumentParser:
                    "(a non-paper protocol; such runs get their own directories)")
     r.add_argument("--summary-only", action="store_true", help="run nothing; tabulate the runs that have finished")
     r.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process, spread over the visible "
-                   "GPUs (a GPU is mostly idle with one run at batch 10); CPU threads are shared among them")
+                   "GPUs (a GPU is mostly idle with one run at batch 10); CPU threads are shared among them, and "
+                   "on a CPU a different thread count can change results in the last digits")
     r.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

@@ -234,7 +234,7 @@ def reproduce(name: str, out: str | Path, datasets: list[str] | None = None, see
                     raise RunError(f"{e}; run options are {', '.join(RunConfig.__dataclass_fields__)}") from None
                 run_dir = root / _run_name(cfg)
                 grid.append((dataset, cell, seed, run_dir))
-                if not summary_only and not (run_dir / "result.json").exists():
+                if not summary_only and not (run_dir / "result.json").exists() and run_dir not in {p[1] for p in pending}:
                     pending.append((cfg, run_dir, f"{name}: {dataset} {cell.method} x={cell.x} seed {seed}"))
     _run_all(pending, data_dir, progress, echo, jobs)
     rows = []
@@ -260,18 +260,24 @@ def _run_all(pending: list[tuple[RunConfig, Path, str]], data_dir: str | None, p
             echo(f"== {label} -> {run_dir}")
             run(cfg, run_dir, data_dir, overwrite=True, progress=progress)
         return
+    if any(cfg.device.startswith("cuda:") for cfg, _, _ in pending):
+        raise RunError("with --jobs, use device=cuda (or auto): the runs are spread over the visible GPUs, "
+                       "which CUDA_VISIBLE_DEVICES chooses")
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     gpus = visible.split(",") if visible else [str(i) for i in range(torch.cuda.device_count())]
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked children
-    slot = ctx.Value("i", 0)
-    threads = max(1, torch.get_num_threads() // jobs)
-    echo(f"== {len(pending)} runs, {min(jobs, len(pending))} at a time; each run's progress is in its metrics.jsonl")
-    with ProcessPoolExecutor(min(jobs, len(pending)), mp_context=ctx, initializer=_start_job,
-                             initargs=(slot, gpus, threads)) as pool:
-        futures = {pool.submit(_job, cfg, run_dir, data_dir): f"{label} -> {run_dir}" for cfg, run_dir, label in pending}
+    procs = min(jobs, len(pending))
+    threads, workers = max(1, torch.get_num_threads() // procs), max(0, (os.cpu_count() or 1) // procs - 1)
+    echo(f"== {len(pending)} runs, {procs} at a time; each run's progress is in its metrics.jsonl")
+    with ProcessPoolExecutor(procs, mp_context=ctx, initializer=_start_job, initargs=(ctx.Value("i", 0), gpus, threads)) \
+            as pool:
+        # image-folder decoders: each run gets its share of the cores (workers never changes results)
+        futures = {pool.submit(_job, cfg if cfg.workers is not None else dataclasses.replace(cfg, workers=workers),
+                               run_dir, data_dir): f"{label} -> {run_dir}" for cfg, run_dir, label in pending}
         for f in as_completed(futures):
             if f.exception() is not None:
-                pool.shutdown(cancel_futures=True)  # the runs already going finish; the rest are not started
+                echo(f"== {futures[f]} failed: {f.exception()}; waiting for the runs already going, starting no more")
+                pool.shutdown(cancel_futures=True)
                 raise f.exception()
             echo(f"== {futures[f]}: {f.result():.2f} %")
 

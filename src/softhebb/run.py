@@ -114,6 +114,8 @@ class RunConfig:
              "None or an integer >= 0")
         need(self.probe_augment is None or self.probe_augment in PROBE_AUGMENTS, "probe_augment",
              f"None or one of {PROBE_AUGMENTS}")
+        if self.probe_augmentation == self.protocol.probe_augment:
+            self.probe_augment = None  # the protocol's own: the same run, under the same name
         need(self.mode in MODES, "mode", f"one of {MODES}")
         for f in ("hebb_epochs", "probe_epochs"):
             need(isinstance(getattr(self, f), int) and getattr(self, f) >= 0, f, "an integer >= 0")

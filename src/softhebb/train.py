@@ -68,13 +68,20 @@ def load_batch(images: Images, idx: torch.Tensor, device: torch.device, augment:
     if augment and seed is None:
         raise ValueError("augmented batches need a seed (batch_seed): the global RNG would shift the dropout masks")
     gen = torch.Generator().manual_seed(seed) if augment else None
-    own = augment is True
     if isinstance(images, torch.Tensor):
         x = images[idx.to(images.device)]
-        x = as_input((crop_flip(x, 4, gen) if own else x).to(device, non_blocking=True))
-    else:
-        x = normalize(images.get_images(idx.cpu(), own, gen).to(device, non_blocking=True), images.mean_std)
-    return augment_batch(x, augment, gen) if isinstance(augment, str) else x
+        return _to_input(crop_flip(x, 4, gen) if augment is True else x, device, augment, gen)
+    return _to_input(images.get_images(idx.cpu(), augment is True, gen), device, augment, gen, images.mean_std)
+
+
+def _to_input(x: torch.Tensor, device: torch.device, augment: Augment, gen: torch.Generator | None,
+              mean_std: tuple | None = None) -> torch.Tensor:
+    """A decoded uint8 batch -> [0, 1] floats on ``device``, then the named augmentation (on [0, 1] pixels,
+    whatever the dataset's normalisation), then the dataset's mean/std."""
+    x = normalize(x.to(device, non_blocking=True))
+    if isinstance(augment, str):
+        x = augment_batch(x, augment, gen)
+    return normalize(x, mean_std) if mean_std is not None else x
 
 
 class _DecodedBatches(torch.utils.data.Dataset):
@@ -88,7 +95,7 @@ class _DecodedBatches(torch.utils.data.Dataset):
         return len(self.batches)
 
     def __getitem__(self, b: int) -> torch.Tensor:
-        own = self.augment is True  # a named batch augmentation is applied after decoding, in load order
+        own = self.augment is True  # a named augmentation is applied after decoding, in the main process
         gen = torch.Generator().manual_seed(self.seeds[b]) if own else None
         return self.images.get_images(self.batches[b], own, gen)
 
@@ -112,8 +119,8 @@ def iterate_batches(images: Images, batches: Sequence[torch.Tensor], device: tor
                                          num_workers=workers, prefetch_factor=4, pin_memory=device.type == "cuda",
                                          generator=torch.Generator())
     for x, seed in zip(loader, seeds):
-        x = normalize(x.to(device, non_blocking=True), images.mean_std)
-        yield augment_batch(x, augment, torch.Generator().manual_seed(seed)) if isinstance(augment, str) else x
+        gen = torch.Generator().manual_seed(seed) if isinstance(augment, str) else None
+        yield _to_input(x, device, augment, gen, images.mean_std)
 
 
 def _batches(order: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
@@ -320,14 +327,17 @@ class StreamedFeatures:
     def iterate(self, batches: Sequence[torch.Tensor], epoch: int = 0) -> Iterator[torch.Tensor]:
         """Features of each index batch in order. Consecutive batches are computed together, about
         ``batch_size`` rows at a time (a probe batch of 64 is too small a forward); augmentation is
-        seeded by (seed, epoch, group)."""
+        seeded by (seed, epoch, group), so it depends on ``batch_size`` too."""
         for block in self.model.blocks:  # frozen: running BN statistics (the head may be in train mode)
             block.eval()
-        groups: list[list[torch.Tensor]] = [[]]
+        groups: list[list[torch.Tensor]] = []
+        rows = 0
         for idx in batches:
-            if groups[-1] and sum(b.numel() for b in groups[-1]) + idx.numel() > self.batch_size:
+            if not groups or rows + idx.numel() > self.batch_size:
                 groups.append([])
+                rows = 0
             groups[-1].append(idx)
+            rows += idx.numel()
         seeds = [batch_seed(self.seed, epoch, g) for g in range(len(groups))]
         for group, x in zip(groups, iterate_batches(self.images, [torch.cat(g) for g in groups], self.device,
                                                     self.augment, seeds, self.workers)):
