@@ -19,8 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .network import SoftHebbNet
-from .train import (Augment, Images, Logger, StreamedFeatures, _batches, _device, _inputs_in_order, _progress, batch_seed,
-                    evaluate, extract_features, iterate_batches, step_lr_milestones)
+from .train import (Augment, Images, Logger, StreamedFeatures, _batches, _device, _inputs_in_order, _progress,
+                    batch_seed, evaluate, extract_features, iterate_batches, step_lr_milestones)
 
 BP_MODES = ("end-to-end", "layerwise")
 RANDOM_BN = ("identity", "data")

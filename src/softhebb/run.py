@@ -41,8 +41,8 @@ from .layers import _HebbianLayer
 from .network import SoftHebbNet, build_model, get_preset, resolve_preset
 from .baselines import BP_MODES, RANDOM_BN, calibrate_batchnorm, train_backprop
 from .augment import BATCH_AUGMENTATIONS
-from .train import (MODES, PRECISIONS, Augment, NonFiniteError, StreamedFeatures, evaluate, extract_features, hebbian_phase,
-                    train_probe)
+from .train import (MODES, PRECISIONS, Augment, NonFiniteError, StreamedFeatures, evaluate, extract_features,
+                    hebbian_phase, train_probe)
 
 CHECKPOINT = "checkpoint.safetensors"
 IN_MEMORY = ("mnist", "fashion-mnist", "cifar10", "cifar100")  # held as uint8 tensors; features once unless augmented
