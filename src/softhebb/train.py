@@ -78,7 +78,7 @@ def _to_input(x: torch.Tensor, device: torch.device, augment: Augment, gen: torc
               mean_std: tuple | None = None) -> torch.Tensor:
     """A decoded uint8 batch -> [0, 1] floats on ``device``, then the named augmentation (on [0, 1] pixels,
     whatever the dataset's normalisation), then the dataset's mean/std."""
-    x = normalize(x.to(device, non_blocking=True))
+    x = as_input(x.to(device, non_blocking=True))
     if isinstance(augment, str):
         x = augment_batch(x, augment, gen)
     return normalize(x, mean_std) if mean_std is not None else x
