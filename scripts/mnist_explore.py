@@ -1,8 +1,9 @@
 """Design exploration for the MNIST CNN preset: Hebbian variants × probe variants, features computed once.
 
 Each Hebbian variant is one of our MNIST presets with block fields changed; its features feed every
-probe variant (dropout, lr); with ``--probe-augment`` they are recomputed from augmented images every epoch. The protocol is the one of `softhebb train` (1 Hebbian epoch at batch 10,
-successive mode, 50-epoch probe, test accuracy after the last epoch). One JSON line per result.
+probe variant (dropout, lr); with ``--probe-augment`` they are recomputed from augmented images every
+epoch. The protocol is the one of `softhebb train` (1 Hebbian epoch at batch 10, successive mode,
+50-epoch probe, test accuracy after the last epoch). One JSON line per result.
 
     python scripts/mnist_explore.py --device cuda --out explore.jsonl --budget 240
     python scripts/mnist_explore.py --device cuda --variants 3layer --probes p0.2,p0.3,p0.5 --probe-augment shift
@@ -87,9 +88,9 @@ def main() -> None:
             model.classifier.reset_parameters()
             t1 = time.perf_counter()
             res = train_probe(model, f_tr, y_tr, f_te, y_te, a.probe_epochs, 64, lr, a.seed, a.probe_epochs, progress=False)
-            row = {"variant": name, "probe": probe, "probe_augment": a.probe_augment, "seed": a.seed, "features": f_tr.shape[1], "device": str(device),
-                   "train_size": int(y_tr.numel()), "hebb_plus_features_s": round(t_hebb, 1),
-                   "probe_s": round(time.perf_counter() - t1, 1), **res}
+            row = {"variant": name, "probe": probe, "probe_augment": a.probe_augment, "seed": a.seed,
+                   "features": f_tr.shape[1], "device": str(device), "train_size": int(y_tr.numel()),
+                   "hebb_plus_features_s": round(t_hebb, 1), "probe_s": round(time.perf_counter() - t1, 1), **res}
             print(json.dumps(row), flush=True)
             if a.out:
                 with open(a.out, "a") as f:

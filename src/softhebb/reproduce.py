@@ -222,7 +222,7 @@ def reproduce(name: str, out: str | Path, datasets: list[str] | None = None, see
             raise RunError(f"experiment {name} has no method {sorted(set(methods) - known)[0]!r}; "
                            f"its methods are {', '.join(sorted(known))}")
     root = Path(out) / name
-    grid, pending = [], []
+    grid, pending = [], {}  # pending: run_dir -> (config, label); cells sharing a run run it once
     for dataset in datasets:
         for cell in exp.cells(dataset):
             if methods is not None and cell.method not in methods:
@@ -234,9 +234,9 @@ def reproduce(name: str, out: str | Path, datasets: list[str] | None = None, see
                     raise RunError(f"{e}; run options are {', '.join(RunConfig.__dataclass_fields__)}") from None
                 run_dir = root / _run_name(cfg)
                 grid.append((dataset, cell, seed, run_dir))
-                if not summary_only and not (run_dir / "result.json").exists() and run_dir not in {p[1] for p in pending}:
-                    pending.append((cfg, run_dir, f"{name}: {dataset} {cell.method} x={cell.x} seed {seed}"))
-    _run_all(pending, data_dir, progress, echo, jobs)
+                if not summary_only and not (run_dir / "result.json").exists():
+                    pending.setdefault(run_dir, (cfg, f"{name}: {dataset} {cell.method} x={cell.x} seed {seed}"))
+    _run_all([(cfg, run_dir, label) for run_dir, (cfg, label) in pending.items()], data_dir, progress, echo, jobs)
     rows = []
     for dataset, cell, seed, run_dir in grid:
         if not (run_dir / "result.json").exists():

@@ -521,8 +521,8 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
             # bf16 runs also store the features in bf16: half the memory and half the probe's memory traffic
             fdtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
             if cfg.probe_augmentation:  # new crops every epoch: features cannot be computed once
-                f_train = StreamedFeatures(model, x_train, augment=cfg.probe_augmentation, seed=cfg.seed, precision=cfg.precision,
-                                           workers=workers)
+                f_train = StreamedFeatures(model, x_train, augment=cfg.probe_augmentation, seed=cfg.seed,
+                                           precision=cfg.precision, workers=workers)
             else:
                 f_train = extract_features(model, rows(x_train), progress=progress and lead, dtype=fdtype,
                                            precision=cfg.precision, workers=workers)
