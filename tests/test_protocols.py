@@ -199,14 +199,16 @@ def test_probe_augment_option_on_an_in_memory_dataset(data_root, tmp_path, spy):
     assert json.loads((tmp_path / "shift" / "config.json").read_text())["run"]["probe_augment"] == "shift"
 
 
-def test_runs_started_before_probe_augment_existed_keep_their_names_and_resume():
+def test_runs_started_before_probe_augment_and_probe_dropout_existed_keep_their_names_and_resume():
     from softhebb.reproduce import _run_name
 
     assert _run_name(RunConfig()) == "cifar10-4SoftHebbCnnCIFAR-ce64bcd2-s0"  # the name of our published run
     assert _run_name(RunConfig(probe_augment="none")) == _run_name(RunConfig())  # the protocol's: the same run
+    assert _run_name(RunConfig(probe_dropout=0.5)) == _run_name(RunConfig())  # the preset's: the same run
     assert _run_name(RunConfig(probe_augment="shift")) != _run_name(RunConfig())
+    assert _run_name(RunConfig(probe_dropout=0.3)) != _run_name(RunConfig())
     cfg = RunConfig()
-    old = {k: v for k, v in cfg.__dict__.items() if k != "probe_augment"}
+    old = {k: v for k, v in cfg.__dict__.items() if k not in ("probe_augment", "probe_dropout")}
     run_module._same_config(Path("x"), old, cfg.resolved_preset(), cfg, cfg.resolved_preset())
     with pytest.raises(RunError, match="probe_augment: None there, 'shift' now"):
         shifted = RunConfig(probe_augment="shift")
@@ -232,3 +234,16 @@ def test_noise_is_added_to_pixels_before_a_folders_normalisation(tmp_path):
     noisy = train.load_batch(ds, idx, cpu, "noise", 5) - train.load_batch(ds, idx, cpu)
     std = torch.tensor(data.IMAGENET_MEAN_STD[1]).view(1, 3, 1, 1)
     assert abs(float((noisy * std).std()) - 1) < 0.05  # N(0, 1) in [0, 1] pixel units, whatever the dataset's std
+
+
+def test_probe_dropout_sets_the_classifier_dropout_and_is_validated(data_root, tmp_path):
+    preset = RunConfig(dataset="mnist", preset=SMALL, probe_dropout=0.2).resolved_preset()
+    assert build_model(preset, (1, 28, 28), 10, seed=0).dropout.p == 0.2
+    assert RunConfig(dataset="mnist", preset="2SoftMlpMNIST", probe_dropout=0.0).probe_dropout is None  # its own
+    for bad in (1.0, -0.1, True, "0.3"):
+        with pytest.raises(RunError, match="probe_dropout"):
+            RunConfig(dataset="mnist", preset=SMALL, probe_dropout=bad)
+    cfg = RunConfig(dataset="mnist", preset="SoftHebbCnnMNIST_2layer", train_limit=100, test_limit=50, probe_epochs=1,
+                    probe_dropout=0.2)
+    run(cfg, tmp_path / "r", data_root, progress=False, echo=False)
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["preset"]["classifier"]["dropout"] == 0.2

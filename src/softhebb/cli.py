@@ -58,6 +58,8 @@ def _parser() -> argparse.ArgumentParser:
                    "(crop + flip; RandomResizedCrop + flip for image folders), shift = random translation by up to 2 px, "
                    "noise = + N(0, 1) (the original's MNIST augmentation). Default: the dataset's protocol "
                    "(none on CIFAR and MNIST, dataset on STL-10, ImageNette, ImageNet)")
+    t.add_argument("--probe-dropout", type=float, default=None,
+                   help="dropout on the classifier's input during probe training (default: the preset's, 0.5 on the CNNs)")
     t.add_argument("--eval-every", type=int, default=10, help="evaluate on the test set every N probe epochs (and the last)")
     t.add_argument("--set", dest="block_overrides", type=_block_override, action="append", default=None, metavar="FIELD=VALUE",
                    help="override a field of every Hebbian block (repeatable), e.g. --set t_invert=0.5 --set rule=soft")
@@ -158,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                         test_limit=args.test_limit, device=args.device, precision=args.precision,
                         block_overrides=dict(args.block_overrides) if args.block_overrides else None,
                         random_bn=args.random_bn, bp_mode=args.bp_mode, workers=args.workers,
-                        probe_augment=args.probe_augment)
+                        probe_augment=args.probe_augment, probe_dropout=args.probe_dropout)
         out = Path(args.out or f"runs/{args.dataset}-{get_preset(preset)['name']}-s{args.seed}")
         try:
             par = distributed.init_from_env(args.device)  # under torchrun: join the group; rank 0 alone writes and prints

@@ -100,6 +100,7 @@ class RunConfig:
     workers: int | None = None  # decoding processes for image folders (None: up to 8); never changes results
     # None: the dataset's protocol; "none"; "dataset" (its own, reference §4.3); "shift" or "noise" (softhebb.augment)
     probe_augment: str | None = None
+    probe_dropout: float | None = None  # None: the preset's classifier dropout
 
     def __post_init__(self) -> None:
         def need(cond: bool, field: str, expected: str) -> None:
@@ -133,6 +134,11 @@ class RunConfig:
         need(self.bp_mode in BP_MODES, "bp_mode", f"one of {BP_MODES}")
         need(self.block_overrides is None or isinstance(self.block_overrides, dict), "block_overrides",
              "None or a dict of block fields")
+        need(self.probe_dropout is None or (isinstance(self.probe_dropout, (int, float))
+                                            and not isinstance(self.probe_dropout, bool) and 0 <= self.probe_dropout < 1),
+             "probe_dropout", "None or a number in [0, 1)")
+        if self.probe_dropout == get_preset(self.preset)["classifier"]["dropout"]:
+            self.probe_dropout = None  # the preset's own: the same run, under the same name
         self.resolved_preset()  # unknown preset or bad override → PresetError
 
     @property
@@ -151,8 +157,10 @@ class RunConfig:
         return any(b["rule"] == "bp" for b in self.resolved_preset()["blocks"])
 
     def resolved_preset(self) -> dict:
-        """The preset with ``block_overrides`` applied to its Hebbian blocks, validated."""
+        """The preset with ``block_overrides`` (Hebbian blocks) and ``probe_dropout`` applied, validated."""
         preset = get_preset(self.preset)
+        if self.probe_dropout is not None:
+            preset["classifier"] = {**preset["classifier"], "dropout": self.probe_dropout}
         if not self.block_overrides:
             return preset
         blocks = [{**b, **self.block_overrides} if b["rule"] != "bp" else b for b in preset["blocks"]]
@@ -340,7 +348,7 @@ def _restore(model: SoftHebbNet, ckpt: dict, par: distributed.Parallel | None) -
 # -- run directory ------------------------------------------------------------------------------
 
 _NOT_COMPARED = ("device", "workers")  # may change between a run and its resumption
-ADDED_FIELDS = {"probe_augment": None}  # RunConfig fields added after runs were published, at their defaults
+ADDED_FIELDS = {"probe_augment": None, "probe_dropout": None}  # RunConfig fields added after runs were published, at their defaults
 
 
 def _open_run_dir(out: Path, cfg: RunConfig, preset: dict, overwrite: bool, resume: bool) -> dict | None:
