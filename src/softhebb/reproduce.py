@@ -361,6 +361,9 @@ def _plot(exp: Experiment, root: Path, summary: list[dict]) -> None:
                 ax.set_xticks(xs, [str(p["x"]) for p in pts])
         if exp.log_x:
             ax.set_xscale("log")
+        ints = sorted({s["x"] for s in summary if s["dataset"] == dataset})
+        if all(isinstance(x, int) for x in ints):  # depths, widths, neuron counts: no 1.25 layers
+            ax.set_xticks(ints, [str(x) for x in ints])
         ax.set_title(dataset)
         ax.set_xlabel(exp.x_label)
         ax.set_ylabel("test accuracy %")
