@@ -69,7 +69,7 @@ def load_batch(images: Images, idx: torch.Tensor, device: torch.device, augment:
         raise ValueError("augmented batches need a seed (batch_seed): the global RNG would shift the dropout masks")
     gen = torch.Generator().manual_seed(seed) if augment else None
     if isinstance(images, torch.Tensor):
-        x = images[idx.to(images.device)]
+        x = images.index_select(0, idx.to(images.device))
         return _to_input(crop_flip(x, 4, gen) if augment is True else x, device, augment, gen)
     return _to_input(images.get_images(idx.cpu(), augment is True, gen), device, augment, gen, images.mean_std)
 
@@ -441,9 +441,9 @@ def train_probe(
             if isinstance(train_features, StreamedFeatures):  # decoded from CPU indices, labels gathered on the device
                 rows = train_features.iterate(list(_batches(order, batch_size)), epoch)
             else:
-                rows = (train_features[idx] for idx, _ in batches)
+                rows = (train_features.index_select(0, idx) for idx, _ in batches)  # ~7x faster than [idx] on CPU
             for (idx, global_size), x in zip(batches, rows):
-                y = train_labels[idx]
+                y = train_labels.index_select(0, idx)
                 logits = forward(x.float())
                 batch_loss = F.cross_entropy(logits, y, reduction="sum")
                 # the mean over the global batch once DDP has averaged the ranks' gradients
