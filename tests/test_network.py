@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from softhebb.layers import HebbianConv2d, HebbianLinear, Triangle
+from softhebb.layers import HebbianConv2d, HebbianLinear, MaxPool2d, Triangle
 from softhebb.network import PresetError, build_model, feature_shapes, get_preset, list_presets
 
 CIFAR, STL, IMNET, MNIST = (3, 32, 32), (3, 96, 96), (3, 160, 160), (1, 28, 28)
@@ -127,3 +127,15 @@ def test_preset_files_load_and_bad_ones_are_named(tmp_path):
         get_preset(str(tmp_path / "bad.json"))
     with pytest.raises(PresetError, match="missing.json"):
         get_preset(str(tmp_path / "missing.json"))
+
+
+def test_max_pool_matches_torch_in_values_layout_and_gradient():
+    """Our MaxPool2d pools in channels-last memory on the CPU; nothing a caller sees may change."""
+    x = torch.randn(3, 5, 9, 8, requires_grad=True)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        xf = x.detach().contiguous(memory_format=fmt).requires_grad_()
+        ref, got = torch.nn.MaxPool2d(4, 2, 1)(xf), MaxPool2d(4, 2, 1)(xf)
+        assert torch.equal(got, ref) and got.is_contiguous(memory_format=fmt)
+        g = torch.randn_like(ref)
+        assert torch.equal(torch.autograd.grad(got, xf, g)[0], torch.autograd.grad(ref, xf, g)[0])
+    assert isinstance(build_model("4SoftHebbCnnCIFAR", (3, 32, 32), 10).blocks[0].post[-1], MaxPool2d)

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .layers import PADDING_MODES, ChannelSoftmax, Dropout, HebbianConv2d, HebbianLinear, Triangle, _HebbianLayer
+from .layers import PADDING_MODES, ChannelSoftmax, Dropout, HebbianConv2d, HebbianLinear, MaxPool2d, Triangle, _HebbianLayer
 
 CONV_DEFAULTS: dict[str, Any] = dict(
     rule="softhebb", kernel=3, stride=1, padding=0, dilation=1, groups=1, padding_mode="reflect",
@@ -176,7 +176,7 @@ def _parse_pool(pool: str | None) -> nn.Module | None:
     if pool is None:
         return None
     kind, k, s, p = _pool_params(pool)
-    return nn.MaxPool2d(k, s, p) if kind == "max" else nn.AvgPool2d(k, s, p)
+    return MaxPool2d(k, s, p) if kind == "max" else nn.AvgPool2d(k, s, p)
 
 
 def _parse_activation(act: str | None) -> nn.Module | None:

@@ -118,7 +118,8 @@ def apply_update_(weight: torch.Tensor, yx: torch.Tensor, yu: torch.Tensor, rate
     """
     shape = (-1,) + (1,) * (weight.dim() - 1)
     dw = torch.addcmul(yx, yu.view(shape), weight, value=-1)
-    dmax = torch.linalg.vector_norm(dw.view(groups, -1), ord=float("inf"), dim=1)
+    per_neuron = dw.view(groups, weight.shape[0] // groups, -1)  # max |Δw| in two reductions: an inf-norm over
+    dmax = torch.maximum(per_neuron.amax(2), -per_neuron.amin(2)).amax(1)  # one long row runs ~15x slower on CPU
     weight.addcmul_(dw, (rate / (dmax.repeat_interleave(weight.shape[0] // groups) + NORM_EPS)).view(shape))
     return dmax
 
