@@ -139,3 +139,17 @@ def test_max_pool_matches_torch_in_values_layout_and_gradient():
         g = torch.randn_like(ref)
         assert torch.equal(torch.autograd.grad(got, xf, g)[0], torch.autograd.grad(ref, xf, g)[0])
     assert isinstance(build_model("4SoftHebbCnnCIFAR", (3, 32, 32), 10).blocks[0].post[-1], MaxPool2d)
+
+
+@pytest.mark.parametrize("power", [0.7, 1.0, 1.4])
+def test_triangle_matches_its_formula_leaves_its_input_and_has_the_right_gradient(power):
+    x = torch.randn(2, 6, 3, 3, dtype=torch.float64, requires_grad=True)
+    x0 = x.detach().clone()
+    expected = (x0 - x0.mean(1, keepdim=True)).clamp_min(0) ** power
+    assert torch.allclose(Triangle(power)(x), expected) and torch.equal(x.detach(), x0)
+    with torch.no_grad():  # the in-place path
+        assert torch.allclose(Triangle(power)(x), expected) and torch.equal(x.detach(), x0)
+    y = Triangle(power)(x)
+    y.pow(2).sum().backward()
+    c = (x0 - x0.mean(1, keepdim=True)).clamp_min(0)  # the channel mean is a constant for gradients
+    assert torch.allclose(x.grad, 2 * power * c ** (2 * power - 1) * (c > 0))

@@ -269,8 +269,10 @@ class HebbianLinear(_HebbianLayer):
 
 def triangle(x: torch.Tensor, power: float = 1.0) -> torch.Tensor:
     """relu(x − mean over channels)^power, with the mean treated as a constant for gradients."""
-    out = F.relu(x - x.mean(dim=1, keepdim=True).detach())
-    return out if power == 1.0 else out.pow(power)
+    out = F.relu_(x - x.mean(dim=1, keepdim=True).detach())  # in place on the fresh centred copy: fewer large allocations
+    if power == 1.0:
+        return out
+    return out.pow_(power) if not (torch.is_grad_enabled() and out.requires_grad) else out.pow(power)
 
 
 class Triangle(nn.Module):
