@@ -8,7 +8,8 @@
    (b) the features of one set of weights to 1e-4. (c) Over 30 batches the soft competition
    amplifies rounding: a 1-ulp change of the starting weights alone moved the CPU's own weights by
    2e-4 to 6e-3 relative (measured 2026-11-27), so the 30-batch difference is reported beside that
-   floor, measured in the same run, rather than held to 1e-4.
+   floor, measured in the same run, rather than held to 1e-4. (d) The backprop baseline (`2CnnCIFAR`):
+   loss and gradients of one batch to 1e-4, and one epoch of `train_backprop` runs on the device.
 2. Speed on the device, data resident there (uint8), no per-batch host sync: Hebbian img/s per
    stage at batch 10 and 100, fp32 and bf16 autocast; feature extraction img/s; seconds per probe
    epoch on 50,000 × 24,576 features; peak device memory.
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 
 from softhebb import train
+from softhebb.baselines import train_backprop
 from softhebb.network import build_model
 
 PRESET, SHAPE = "4SoftHebbCnnCIFAR", (3, 32, 32)
@@ -108,6 +110,28 @@ def speed(device: torch.device, preset: str, n: int, batches: list[int], n_feat:
     return out
 
 
+def backprop(device: torch.device) -> dict:
+    """The BP baseline on the device: same loss and gradients as the CPU, and its training loop runs there."""
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    gen = torch.Generator().manual_seed(2)
+    images = torch.randint(0, 256, (192, *SHAPE), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, 10, (192,), generator=gen)
+    grads, losses = [], []
+    for dev in (torch.device("cpu"), device):
+        model = build_model("2CnnCIFAR", SHAPE, 10, seed=0).to(dev).eval()  # eval: no dropout, BN running stats
+        loss = torch.nn.functional.cross_entropy(model(train.as_input(images[:64].to(dev))), labels[:64].to(dev))
+        grads.append(torch.cat([g.flatten().cpu() for g in torch.autograd.grad(loss, list(model.parameters()))]))
+        losses.append(float(loss.detach()))
+    model = build_model("2CnnCIFAR", SHAPE, 10, seed=0).to(device)
+    epoch = train_backprop(model, images[:128].to(device), labels[:128].to(device), images[128:].to(device),
+                           labels[128:].to(device), epochs=1, batch_size=64, progress=False)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    loss_rel = abs(losses[0] - losses[1]) / abs(losses[0])
+    grad_rel = float((grads[0] - grads[1]).abs().max() / grads[0].abs().max())
+    return {"loss_rel_diff": loss_rel, "grad_max_rel_diff": grad_rel, "one_epoch": epoch,
+            "ok": loss_rel <= 1e-4 and grad_rel <= 1e-4 and torch.isfinite(torch.tensor(epoch["test_loss"])).item()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda")
@@ -123,12 +147,14 @@ def main() -> None:
            "preset": preset}
     res["equality"] = equality(device, preset, 40 if a.small else 300)
     print(res["equality"], flush=True)
+    res["backprop"] = backprop(device)
+    print(res["backprop"], flush=True)
     if not a.equality_only:
         res |= speed(device, preset, 100 if a.small else 20_000, [10] if a.small else [10, 100], 200 if a.small else 20_000,
                      2_000 if a.small else 50_000)
     if a.out:
         a.out.write_text(json.dumps(res, indent=2))
-    if not res["equality"]["ok"]:
+    if not (res["equality"]["ok"] and res["backprop"]["ok"]):
         sys.exit("gpu_check: device results differ from the CPU")
 
 

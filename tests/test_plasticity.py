@@ -160,15 +160,20 @@ def test_applied_update_has_max_abs_one_per_group():
         assert group.abs().max().item() == pytest.approx(1.0, abs=1e-9)
 
 
-def test_update_returns_the_exact_max_abs_per_group_and_propagates_nan():
+def test_update_returns_the_exact_max_abs_per_group_and_propagates_non_finite():
     torch.manual_seed(0)
     w, yx, yu = torch.randn(8, 3, 2, 2), torch.randn(8, 3, 2, 2), torch.randn(8)
-    dw = yx - yu.view(-1, 1, 1, 1) * w
-    dmax = P.apply_update_(w.clone(), yx, yu, torch.ones(8), groups=2)
-    assert torch.equal(dmax, dw.view(2, -1).abs().amax(1))  # exact: a max, not a sum
-    yx[5, 0, 0, 0] = float("nan")
-    dmax = P.apply_update_(w.clone(), yx, yu, torch.ones(8), groups=2)
-    assert torch.isfinite(dmax[0]) and torch.isnan(dmax[1])
+
+    def expected(yx: torch.Tensor) -> torch.Tensor:
+        dw = torch.addcmul(yx, yu.view(-1, 1, 1, 1), w, value=-1)
+        return torch.linalg.vector_norm(dw.view(2, -1), ord=float("inf"), dim=1)
+
+    assert torch.equal(P.apply_update_(w.clone(), yx, yu, torch.ones(8), groups=2), expected(yx))  # exact: a max
+    for bad, group in ((float("nan"), 1), (float("-inf"), 0), (float("inf"), 1)):
+        y = yx.clone()
+        y[4 * group + 1, 0, 0, 0] = bad
+        dmax = P.apply_update_(w.clone(), y, yu, torch.ones(8), groups=2)
+        assert torch.isfinite(dmax[1 - group]) and not torch.isfinite(dmax[group])
 
 
 def test_pre_triangle_changes_the_competition_input():

@@ -236,13 +236,19 @@ def test_noise_is_added_to_pixels_before_a_folders_normalisation(tmp_path):
     assert abs(float((noisy * std).std()) - 1) < 0.05  # N(0, 1) in [0, 1] pixel units, whatever the dataset's std
 
 
-def test_probe_dropout_sets_the_classifier_dropout_and_is_validated(data_root, tmp_path):
+def test_probe_dropout_is_validated_and_names_one_run():
+    from softhebb.reproduce import _run_name
+
     preset = RunConfig(dataset="mnist", preset=SMALL, probe_dropout=0.2).resolved_preset()
     assert build_model(preset, (1, 28, 28), 10, seed=0).dropout.p == 0.2
-    assert RunConfig(dataset="mnist", preset="2SoftMlpMNIST", probe_dropout=0.0).probe_dropout is None  # its own
-    for bad in (1.0, -0.1, True, "0.3"):
+    assert RunConfig(dataset="mnist", preset="2SoftMlpMNIST", probe_dropout=0).probe_dropout is None  # its own
+    assert _run_name(RunConfig(probe_dropout=0)) == _run_name(RunConfig(probe_dropout=0.0))
+    for bad in (1.0, -0.1, True, "0.3", float("nan")):
         with pytest.raises(RunError, match="probe_dropout"):
             RunConfig(dataset="mnist", preset=SMALL, probe_dropout=bad)
+
+
+def test_probe_dropout_reaches_the_saved_preset(data_root, tmp_path):
     cfg = RunConfig(dataset="mnist", preset="SoftHebbCnnMNIST_2layer", train_limit=100, test_limit=50, probe_epochs=1,
                     probe_dropout=0.2)
     run(cfg, tmp_path / "r", data_root, progress=False, echo=False)

@@ -45,7 +45,7 @@ def _bp_epochs(model: SoftHebbNet, trained: list[nn.Module], images: Images, lab
             batches = list(_batches(torch.randperm(n, generator=gen), batch_size))
             seeds = [batch_seed(seed, epoch, b) for b in range(len(batches))]
             for idx, x in zip(batches, iterate_batches(images, batches, device, augment, seeds, workers)):
-                y = labels.index_select(0, idx).to(device, non_blocking=True)
+                y = labels[idx].to(device, non_blocking=True)
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
                 opt.zero_grad(set_to_none=True)

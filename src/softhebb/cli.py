@@ -59,7 +59,8 @@ def _parser() -> argparse.ArgumentParser:
                    "noise = + N(0, 1) (the original's MNIST augmentation). Default: the dataset's protocol "
                    "(none on CIFAR and MNIST, dataset on STL-10, ImageNette, ImageNet)")
     t.add_argument("--probe-dropout", type=float, default=None,
-                   help="dropout on the classifier's input during probe training (default: the preset's, 0.5 on the CNNs)")
+                   help="dropout on the classifier's input while it trains (the probe, or BP presets' "
+                   "training; default: the preset's, 0.5 on the CNNs)")
     t.add_argument("--eval-every", type=int, default=10, help="evaluate on the test set every N probe epochs (and the last)")
     t.add_argument("--set", dest="block_overrides", type=_block_override, action="append", default=None, metavar="FIELD=VALUE",
                    help="override a field of every Hebbian block (repeatable), e.g. --set t_invert=0.5 --set rule=soft")

@@ -272,7 +272,9 @@ def triangle(x: torch.Tensor, power: float = 1.0) -> torch.Tensor:
     out = F.relu_(x - x.mean(dim=1, keepdim=True).detach())  # in place on the fresh centred copy: fewer large allocations
     if power == 1.0:
         return out
-    return out.pow_(power) if not (torch.is_grad_enabled() and out.requires_grad) else out.pow(power)
+    if (torch.is_grad_enabled() and out.requires_grad) or torch.is_autocast_enabled(out.device.type):
+        return out.pow(power)  # autograd needs pow's input; CUDA autocast computes pow in fp32, pow_ would not
+    return out.pow_(power)
 
 
 class Triangle(nn.Module):
@@ -338,7 +340,8 @@ class MaxPool2d(nn.MaxPool2d):
     """nn.MaxPool2d that pools CPU tensors in channels-last memory: 3-8x faster than NCHW, the same values."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dim() == 4 and not x.is_contiguous(memory_format=torch.channels_last):
+        if (x.device.type == "cpu" and x.dim() == 4 and not self.return_indices
+                and not x.is_contiguous(memory_format=torch.channels_last)):
             return super().forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
         return super().forward(x)
 

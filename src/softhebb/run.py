@@ -137,8 +137,10 @@ class RunConfig:
         need(self.probe_dropout is None or (isinstance(self.probe_dropout, (int, float))
                                             and not isinstance(self.probe_dropout, bool) and 0 <= self.probe_dropout < 1),
              "probe_dropout", "None or a number in [0, 1)")
-        if self.probe_dropout == get_preset(self.preset)["classifier"]["dropout"]:
-            self.probe_dropout = None  # the preset's own: the same run, under the same name
+        if self.probe_dropout is not None:
+            self.probe_dropout = float(self.probe_dropout)  # 0 and 0.0: one run, one name
+            if self.probe_dropout == get_preset(self.preset)["classifier"]["dropout"]:
+                self.probe_dropout = None  # the preset's own: the same run, under the same name
         self.resolved_preset()  # unknown preset or bad override → PresetError
 
     @property

@@ -443,7 +443,7 @@ def train_probe(
             else:
                 rows = (train_features.index_select(0, idx) for idx, _ in batches)  # ~7x faster than [idx] on CPU
             for (idx, global_size), x in zip(batches, rows):
-                y = train_labels.index_select(0, idx)
+                y = train_labels[idx]
                 logits = forward(x.float())
                 batch_loss = F.cross_entropy(logits, y, reduction="sum")
                 # the mean over the global batch once DDP has averaged the ranks' gradients
