@@ -350,7 +350,8 @@ def _restore(model: SoftHebbNet, ckpt: dict, par: distributed.Parallel | None) -
 # -- run directory ------------------------------------------------------------------------------
 
 _NOT_COMPARED = ("device", "workers")  # may change between a run and its resumption
-ADDED_FIELDS = {"probe_augment": None, "probe_dropout": None}  # RunConfig fields added after runs were published, at their defaults
+# RunConfig fields added after runs were published, at their defaults
+ADDED_FIELDS = {"probe_augment": None, "probe_dropout": None}
 
 
 def _open_run_dir(out: Path, cfg: RunConfig, preset: dict, overwrite: bool, resume: bool) -> dict | None:
