@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -61,18 +62,27 @@ def _hebbian_weights(device, preset: str, images: torch.Tensor, perturb: float =
     return m, {f"block{i}": m.blocks[i].layer.weight.detach() for i in m.hebbian_block_indices()}
 
 
-def equality(device: torch.device, preset: str, n: int) -> dict:
+@contextlib.contextmanager
+def _no_tf32():
+    """Full fp32 matmuls and convolutions on the device while comparing with the CPU."""
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+
+def equality(device: torch.device, preset: str, n: int) -> dict:
     images = torch.randint(0, 256, (n, *SHAPE), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    one_cpu, one_dev = _hebbian_weights("cpu", preset, images[:10])[1], _hebbian_weights(device, preset, images[:10])[1]
-    model, traj_cpu = _hebbian_weights("cpu", preset, images)
-    traj_dev = _hebbian_weights(device, preset, images)[1]
-    floor = _rel(traj_cpu, _hebbian_weights("cpu", preset, images, perturb=2 ** -23)[1])
-    twin = build_model(preset, SHAPE, 10, seed=0)
-    twin.load_state_dict(model.state_dict())
-    fa = train.extract_features(model, images[:50])
-    fb = train.extract_features(twin.to(device), images[:50].to(device)).cpu()
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    with _no_tf32():
+        one_cpu, one_dev = _hebbian_weights("cpu", preset, images[:10])[1], _hebbian_weights(device, preset, images[:10])[1]
+        model, traj_cpu = _hebbian_weights("cpu", preset, images)
+        traj_dev = _hebbian_weights(device, preset, images)[1]
+        floor = _rel(traj_cpu, _hebbian_weights("cpu", preset, images, perturb=2 ** -23)[1])
+        twin = build_model(preset, SHAPE, 10, seed=0)
+        twin.load_state_dict(model.state_dict())
+        fa = train.extract_features(model, images[:50])
+        fb = train.extract_features(twin.to(device), images[:50].to(device)).cpu()
     one = _rel(one_cpu, one_dev)
     features = float((fa - fb).abs().max() / fa.abs().max().clamp(min=1e-12))
     return {"one_update_max_rel_diff": one, "features_max_rel_diff": features,
@@ -112,20 +122,19 @@ def speed(device: torch.device, preset: str, n: int, batches: list[int], n_feat:
 
 def backprop(device: torch.device) -> dict:
     """The BP baseline on the device: same loss and gradients as the CPU, and its training loop runs there."""
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     gen = torch.Generator().manual_seed(2)
     images = torch.randint(0, 256, (192, *SHAPE), dtype=torch.uint8, generator=gen)
     labels = torch.randint(0, 10, (192,), generator=gen)
     grads, losses = [], []
-    for dev in (torch.device("cpu"), device):
-        model = build_model("2CnnCIFAR", SHAPE, 10, seed=0).to(dev).eval()  # eval: no dropout, BN running stats
-        loss = torch.nn.functional.cross_entropy(model(train.as_input(images[:64].to(dev))), labels[:64].to(dev))
-        grads.append(torch.cat([g.flatten().cpu() for g in torch.autograd.grad(loss, list(model.parameters()))]))
-        losses.append(float(loss.detach()))
-    model = build_model("2CnnCIFAR", SHAPE, 10, seed=0).to(device)
-    epoch = train_backprop(model, images[:128].to(device), labels[:128].to(device), images[128:].to(device),
-                           labels[128:].to(device), epochs=1, batch_size=64, progress=False)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    with _no_tf32():
+        for dev in (torch.device("cpu"), device):
+            model = build_model("2CnnCIFAR", SHAPE, 10, seed=0).to(dev).eval()  # eval: no dropout, BN running stats
+            loss = torch.nn.functional.cross_entropy(model(train.as_input(images[:64].to(dev))), labels[:64].to(dev))
+            grads.append(torch.cat([g.flatten().cpu() for g in torch.autograd.grad(loss, list(model.parameters()))]))
+            losses.append(float(loss.detach()))
+        model = build_model("2CnnCIFAR", SHAPE, 10, seed=0).to(device)
+        epoch = train_backprop(model, images[:128].to(device), labels[:128].to(device), images[128:].to(device),
+                               labels[128:].to(device), epochs=1, batch_size=64, progress=False)
     loss_rel = abs(losses[0] - losses[1]) / abs(losses[0])
     grad_rel = float((grads[0] - grads[1]).abs().max() / grads[0].abs().max())
     return {"loss_rel_diff": loss_rel, "grad_max_rel_diff": grad_rel, "one_epoch": epoch,
