@@ -139,6 +139,37 @@ def test_interrupted_run_resumes_to_the_same_weights(fake, tmp_path, monkeypatch
     assert_same_run(tmp_path / "whole", tmp_path / "cut")
 
 
+TINY_BP = {"name": "tinyBP", "blocks": [
+    {"type": "conv", "rule": "bp", "out": 6, "kernel": 3, "padding": 1, "activation": "relu", "pool": "max_4_2_1"},
+    {"type": "conv", "rule": "bp", "out": 10, "kernel": 3, "padding": 1, "activation": "relu", "pool": "avg_2_2_0"}]}
+
+
+@pytest.mark.parametrize("bp_mode,crash_at", [
+    ("end-to-end", {"stage": 0, "epoch": 2}),  # mid-training: Adam moments, schedule, data order and dropout RNG resume
+    ("layerwise", {"stage": 1, "epoch": 1}),  # the second stage: block 0 done, block 1 one epoch in
+    ("layerwise", {"stage": 0, "epoch": 4}),  # a finished stage: resumes at the start of the next one
+])
+def test_interrupted_backprop_run_resumes_to_the_same_weights(fake, tmp_path, monkeypatch, bp_mode, crash_at):
+    fake["preset"] = TINY_BP
+    c = cfg(preset="tinyBP", bp_mode=bp_mode)
+    run(c, tmp_path / "whole", progress=False, echo=False, checkpoint_every=1)
+    save = run_module.save_checkpoint
+
+    def save_then_crash(path, state):
+        save(path, state)
+        if state["phase"] == "backprop" and {k: state["backprop"][k] for k in ("stage", "epoch")} == crash_at:
+            raise Crash
+
+    monkeypatch.setattr(run_module, "save_checkpoint", save_then_crash)
+    with pytest.raises(Crash):
+        run(c, tmp_path / "cut", progress=False, echo=False, checkpoint_every=1)
+    monkeypatch.setattr(run_module, "save_checkpoint", save)
+    res = run(c, tmp_path / "cut", progress=False, echo=False, checkpoint_every=1, resume=True)
+    assert res["resumed_from"] == {"phase": "backprop", **crash_at}
+    assert_same_run(tmp_path / "whole", tmp_path / "cut")
+    assert not (tmp_path / "cut" / CHECKPOINT).exists()
+
+
 def test_resume_needs_the_original_options(fake, tmp_path, monkeypatch):
     def crash(path, state):
         raise Crash

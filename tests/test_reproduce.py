@@ -22,8 +22,6 @@ def test_backprop_preset_trains_end_to_end(data_root, tmp_path):
     assert res["method"] == "backprop" and res["test_acc"] > 60  # 200 images, 2 epochs: far above chance
     model, config = load_run(tmp_path / "bp")
     assert config["run"]["bp_mode"] == "end-to-end"
-    with pytest.raises(RunError, match="without checkpoints"):
-        run(RunConfig(preset="2CnnCIFAR", **SLICE), tmp_path / "bp2", data_root, checkpoint_every=5, progress=False)
 
 
 def test_random_baseline_bn_variants(data_root, tmp_path):
@@ -146,3 +144,36 @@ def test_reproduce_jobs_run_in_processes_with_the_same_results(data_root, tmp_pa
         reproduce.reproduce("tiny", tmp_path / "x", ["mnist"], 1, str(data_root), {**opts, "device": "cuda:1"}, jobs=2)
     with pytest.raises(RunError, match="jobs must be"):
         reproduce.reproduce("tiny", tmp_path / "x", ["mnist"], 1, str(data_root), opts, jobs=0)
+
+
+def test_an_interrupted_reproduction_continues_each_run_from_its_checkpoint(data_root, tmp_path, monkeypatch):
+    import softhebb.run as run_module
+
+    cells = lambda dataset: [Cell("softhebb", 1, {"preset": "2SoftHebbCnnCIFAR"}, None),  # noqa: E731
+                             Cell("bp", 1, {"preset": "2CnnCIFAR"}, None)]
+    monkeypatch.setitem(reproduce.EXPERIMENTS, "tiny", Experiment("tiny", "tiny grid", "hidden layers", ("mnist",), cells))
+    opts = {**{k: v for k, v in SLICE.items() if k != "dataset"}, "probe_epochs": 3}
+    whole = reproduce.reproduce("tiny", tmp_path / "whole", ["mnist"], 1, str(data_root), opts, progress=False,
+                                echo=lambda s: None)
+    save = run_module.save_checkpoint
+
+    class Stop(Exception):
+        pass
+
+    def save_then_stop(path, state):  # the machine goes down after each run's second epoch
+        save(path, state)
+        if state["phase"] != "hebbian" and state[state["phase"]]["epoch"] == 2:
+            raise Stop
+
+    monkeypatch.setattr(run_module, "save_checkpoint", save_then_stop)
+    for _ in cells("mnist"):
+        with pytest.raises(Stop):
+            reproduce.reproduce("tiny", tmp_path / "cut", ["mnist"], 1, str(data_root), opts, progress=False,
+                                echo=lambda s: None)
+    monkeypatch.setattr(run_module, "save_checkpoint", save)
+    cut = reproduce.reproduce("tiny", tmp_path / "cut", ["mnist"], 1, str(data_root), opts, progress=False,
+                              echo=lambda s: None)
+    assert [r["test_acc"] for r in cut] == [r["test_acc"] for r in whole]
+    for r in cut:
+        result = json.loads((Path(r["run_dir"]) / "result.json").read_text())
+        assert result["resumed_from"]["epoch"] == 2, result.get("resumed_from")

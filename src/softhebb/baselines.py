@@ -14,13 +14,16 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .network import SoftHebbNet
 from .train import (Augment, Images, Logger, StreamedFeatures, _batches, _device, _inputs_in_order, _progress,
-                    batch_seed, evaluate, extract_features, iterate_batches, step_lr_milestones)
+                    batch_seed, epoch_state, evaluate, extract_features, iterate_batches, restore_epoch_state,
+                    step_lr_milestones)
 
 BP_MODES = ("end-to-end", "layerwise")
 RANDOM_BN = ("identity", "data")
@@ -28,14 +31,22 @@ RANDOM_BN = ("identity", "data")
 
 def _bp_epochs(model: SoftHebbNet, trained: list[nn.Module], images: Images, labels: torch.Tensor, epochs: int,
                batch_size: int, lr: float, seed: int, augment: Augment, name: str, log: Logger | None,
-               progress: bool, test: tuple[Images, torch.Tensor] | None, eval_every: int, workers: int) -> dict[str, float]:
-    """Adam + step-halving epochs of cross-entropy on the parameters of ``trained`` (the rest in eval mode)."""
+               progress: bool, test: tuple[Images, torch.Tensor] | None, eval_every: int, workers: int,
+               checkpoint: Callable[[dict], None] | None, start: dict | None) -> dict[str, float]:
+    """Adam + step-halving epochs of cross-entropy on the parameters of ``trained`` (the rest in eval mode).
+
+    ``checkpoint(state)`` after every epoch; ``start``: such a state to continue from (weights restored by the caller).
+    """
     opt = torch.optim.Adam([p for m in trained for p in m.parameters()], lr=lr, fused=True)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=step_lr_milestones(epochs), gamma=0.5)
     device, n, result = _device(model), len(images), {}
     gen = torch.Generator().manual_seed(seed)
+    first = 1
+    if start is not None:
+        first, result = restore_epoch_state(start, opt, sched, gen, device)
     with _progress(epochs, name, progress, unit="epoch") as bar:
-        for epoch in range(1, epochs + 1):
+        bar.update(first - 1)
+        for epoch in range(first, epochs + 1):
             model.eval()  # blocks not being trained keep their BatchNorm statistics (and the head its dropout off)
             for m in trained:
                 m.train()
@@ -64,6 +75,8 @@ def _bp_epochs(model: SoftHebbNet, trained: list[nn.Module], images: Images, lab
                 result = {"test_acc": t["acc"], "test_loss": t["loss"], "train_acc": row["train_acc"]}
             if log:
                 log(row)
+            if checkpoint:
+                checkpoint(epoch_state(epoch, opt, sched, gen, device, result))
             bar.set_postfix(train_acc=f"{row['train_acc']:.2f}")
             bar.update(1)
     model.eval()
@@ -86,10 +99,15 @@ def train_backprop(
     log: Logger | None = None,
     progress: bool = True,
     workers: int = 0,
+    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    start: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """Train a backprop preset; returns the final-epoch test accuracy (the last stage's in layerwise mode).
 
     ``augment``: the training augmentation (see ``softhebb.train.Augment``), seeded per batch.
+    ``checkpoint(state)`` is called after every epoch with what it takes to continue (stage, epoch, Adam,
+    schedule, data-order generator, RNG, result so far); ``start`` is such a state, for a model whose
+    weights the caller restored. A resumed run ends with the same weights as an uninterrupted one.
     """
     if mode not in BP_MODES:
         raise ValueError(f"mode must be one of {BP_MODES}, got {mode!r}")
@@ -99,19 +117,23 @@ def train_backprop(
     torch.manual_seed(seed)  # dropout masks
     test = None if test_images is None else (test_images, test_labels)
     if mode == "end-to-end":
-        return _bp_epochs(model, [model], images, labels, epochs, batch_size, lr, seed,
-                          augment, "backprop", log, progress, test, eval_every, workers)
-    # The original's successive mode: each phase re-seeds its data order; only the trained block is in train mode.
-    stages = [(f"backprop block {i}", [b]) for i, b in enumerate(model.blocks)]
-    stages.append(("backprop classifier", [model.dropout, model.classifier]))
+        stages = [("backprop", [model])]
+    else:  # the original's successive mode: each stage re-seeds its data order; only the trained block is in train mode
+        stages = [(f"backprop block {i}", [b]) for i, b in enumerate(model.blocks)]
+        stages.append(("backprop classifier", [model.dropout, model.classifier]))
+    first = start["stage"] if start is not None else 0
     result: dict[str, float] = {}
-    for name, trained in stages:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        for m in trained:
-            m.requires_grad_(True)
-        result = _bp_epochs(model, trained, images, labels, epochs, batch_size, lr, seed,
-                            augment, name, log, progress, test, eval_every, workers)
+    for stage, (name, trained) in enumerate(stages):
+        if stage < first:
+            continue
+        if mode == "layerwise":
+            for p in model.parameters():
+                p.requires_grad_(False)
+            for m in trained:
+                m.requires_grad_(True)
+        save = None if checkpoint is None else (lambda state, stage=stage: checkpoint({"stage": stage, **state}))
+        result = _bp_epochs(model, trained, images, labels, epochs, batch_size, lr, seed, augment, name, log, progress,
+                            test, eval_every, workers, save, start if stage == first else None)
     for p in model.parameters():
         p.requires_grad_(True)
     return result

@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="processes decoding image-folder datasets (ImageNette, ImageNet); default: up to 8")
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
     t.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
-                   help="checkpoint every N Hebbian batches and after every probe epoch (0 = never)")
+                   help="checkpoint every N Hebbian batches and after every probe or backprop epoch (0 = never)")
     t.add_argument("--resume", action="store_true", help="continue the unfinished run in --out from its checkpoint "
                    "(same options as when it started); reaches the same weights as an uninterrupted run")
 

@@ -1,8 +1,8 @@
 """Named experiments that regenerate the paper's figures and tables (reference §6–§7).
 
 Each experiment is a grid of runs (dataset × method × x-value × seed). Every run is an ordinary
-run directory under ``<out>/<experiment>/``; finished runs are skipped, so an interrupted
-reproduction resumes where it stopped. After the grid, ``runs.csv`` lists every run and
+run directory under ``<out>/<experiment>/``; finished runs are skipped and unfinished ones continue
+from their last checkpoint, so an interrupted reproduction resumes where it stopped. After the grid, ``runs.csv`` lists every run and
 ``<experiment>.md`` / ``<experiment>.png`` show mean ± population std over seeds next to the
 paper's number and the difference.
 
@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import torch
 
-from .run import ADDED_FIELDS, RunConfig, RunError, atomic_write, run
+from .run import ADDED_FIELDS, CHECKPOINT, RunConfig, RunError, atomic_write, run
 
 
 @dataclass(frozen=True)
@@ -258,7 +258,7 @@ def _run_all(pending: list[tuple[RunConfig, Path, str]], data_dir: str | None, p
     if jobs == 1 or len(pending) <= 1:
         for cfg, run_dir, label in pending:
             echo(f"== {label} -> {run_dir}")
-            run(cfg, run_dir, data_dir, overwrite=True, progress=progress)
+            _run_cell(cfg, run_dir, data_dir, progress=progress, echo=True)
         return
     if any(cfg.device.startswith("cuda:") for cfg, _, _ in pending):
         raise RunError("with --jobs, use device=cuda (or auto): the runs are spread over the visible GPUs, "
@@ -292,7 +292,17 @@ def _start_job(slot: Any, gpus: list[str], threads: int) -> None:
 
 
 def _job(cfg: RunConfig, run_dir: Path, data_dir: str | None) -> float:
-    return run(cfg, run_dir, data_dir, overwrite=True, progress=False, echo=False)["test_acc"]
+    return _run_cell(cfg, run_dir, data_dir, progress=False, echo=False)["test_acc"]
+
+
+CHECKPOINT_EVERY = 1000  # Hebbian batches (about 2 minutes of the costliest CIFAR-10 layer on 2 cores); and every epoch
+
+
+def _run_cell(cfg: RunConfig, run_dir: Path, data_dir: str | None, progress: bool, echo: bool) -> dict:
+    """One run of the grid, continued from its checkpoint when an earlier reproduction was interrupted."""
+    resume = (run_dir / CHECKPOINT).is_file()
+    return run(cfg, run_dir, data_dir, overwrite=not resume, resume=resume, progress=progress, echo=echo,
+               checkpoint_every=CHECKPOINT_EVERY)
 
 
 def summarise(rows: list[dict]) -> list[dict]:

@@ -12,9 +12,10 @@ an append-only log, cut back to the checkpoint's length when a run resumes.
 
 A checkpoint is one safetensors file: the tensors (weights, BatchNorm statistics, num_updates,
 win counters, Adam moments, generator and RNG states) plus a JSON header (phase, data position
-stage/epoch/batch or probe epoch, schedule and optimiser settings, metrics length). Nothing is
-ever unpickled. The Hebbian phase draws no random numbers after its seeded data orders, so its
-checkpoints hold no RNG state; the probe's hold the data-order generator and every rank's RNG.
+stage/epoch/batch, probe epoch or backprop stage/epoch, schedule and optimiser settings, metrics
+length). Nothing is ever unpickled. The Hebbian phase draws no random numbers after its seeded data
+orders, so its checkpoints hold no RNG state; the probe's and backprop's hold the data-order
+generator and the RNG (every rank's, for the probe).
 """
 
 from __future__ import annotations
@@ -302,6 +303,9 @@ def _unpack(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
+_PHASE_STATE = {"hebbian": "position", "probe": "probe", "backprop": "backprop"}  # where each phase keeps its place
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     """One safetensors file (tensors + the rest as JSON metadata), fsynced, then renamed into place."""
     tensors: dict[str, torch.Tensor] = {}
@@ -323,7 +327,9 @@ def load_checkpoint(path: Path) -> dict:
         state = _unpack(json.loads(meta["softhebb_checkpoint"]), tensors)
         if state["format"] != 1:
             raise ValueError(f"format {state['format']!r}")
-        for key in ("phase", "run", "model", "stats", "metrics_bytes", "position" if state["phase"] == "hebbian" else "probe"):
+        if state["phase"] not in _PHASE_STATE:
+            raise ValueError(f"phase {state['phase']!r}")
+        for key in ("run", "model", "stats", "metrics_bytes", _PHASE_STATE[state["phase"]]):
             state[key]  # noqa: B018 — a missing key is a KeyError, reported below
     except (KeyError, TypeError, ValueError) as e:
         raise RunError(f"{path} is a safetensors file but not a softhebb checkpoint ({type(e).__name__}: {e}). {hint}") from None
@@ -424,7 +430,7 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
     """Train and evaluate one configuration, writing its run directory. Returns the result dict.
 
     ``checkpoint_every`` > 0: a checkpoint every that many Hebbian batches and after every probe
-    epoch. ``resume``: continue an unfinished run directory from its checkpoint, to the same final
+    (or backprop) epoch. ``resume``: continue an unfinished run directory from its checkpoint, to the same final
     weights as an uninterrupted run (the options must be those it was started with; a missing
     or empty directory just starts). Under torchrun (torch.distributed initialised) every rank
     trains its share (softhebb.distributed) and only rank 0 writes.
@@ -435,9 +441,8 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
     par = distributed.current()
     lead = par is None or par.rank == 0
     preset = cfg.resolved_preset()
-    if cfg.backprop and (checkpoint_every or resume or par is not None):
-        raise RunError("backprop presets are trained in one process without checkpoints (no --resume, "
-                       "--checkpoint-every or torchrun)")
+    if cfg.backprop and par is not None:
+        raise RunError("backprop presets are trained in one process (not under torchrun)")
     ckpt = _on_rank0(par, lambda: _open_run_dir(out, cfg, preset, overwrite, resume))
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
@@ -502,10 +507,10 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
         """Called on every rank (the probe's RNG states are gathered); rank 0 writes."""
         full = {"format": 1, "phase": phase, "run": dataclasses.asdict(cfg), "world_size": par.world_size if par else 1,
                 "model": model.state_dict(), "stats": _counters(model)}
-        if phase == "hebbian":
-            full["position"] = state
-        else:
+        if phase == "probe":
             full["probe"] = {**state, "rng": par.gather(state["rng"]) if par else [state["rng"]]}
+        else:
+            full[_PHASE_STATE[phase]] = state
         if metrics is not None:
             metrics.flush()
             full["metrics_bytes"] = os.fstat(metrics.fileno()).st_size
@@ -518,7 +523,9 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
         if cfg.backprop:  # no Hebbian phase and no cached features: every layer learns from the labels
             probe = train_backprop(model, x_train, y_train, x_test, y_test, cfg.bp_mode, cfg.probe_epochs, cfg.probe_batch,
                                    cfg.probe_lr, cfg.seed, augment=cfg.probe_augmentation, eval_every=cfg.eval_every, log=log,
-                                   progress=progress, workers=workers)
+                                   progress=progress, workers=workers,
+                                   checkpoint=(lambda state: checkpoint("backprop", state)) if every else None,
+                                   start=ckpt["backprop"] if ckpt else None)
             t_hebb = t_feat = t_data
         else:
             if ckpt is None or ckpt["phase"] == "hebbian":
@@ -575,7 +582,8 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
                           "total": round(time.perf_counter() - t0, 2)},
               "peak_rss_mb": round(peak_rss_mb(), 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if ckpt is not None:
-        result["resumed_from"] = {"phase": ckpt["phase"], **(ckpt.get("position") or {"epoch": ckpt["probe"]["epoch"]})}
+        place = ckpt[_PHASE_STATE[ckpt["phase"]]]  # hebbian: stage/epoch/batch; probe: epoch; backprop: stage/epoch
+        result["resumed_from"] = {"phase": ckpt["phase"], **{k: place[k] for k in ("stage", "epoch", "batch") if k in place}}
     if lead:
         save_model(model, out / "model.safetensors", config)
         atomic_write(out / "result.json", json.dumps(result, indent=2))

@@ -14,7 +14,7 @@ import math
 from collections import Counter
 import sys
 import time
-from typing import TYPE_CHECKING, Callable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -420,13 +420,7 @@ def train_probe(
     n = train_features.shape[0] if parallel is None else parallel.total(train_features.shape[0], device)
     first, result = 1, {}  # type: tuple[int, dict[str, float]]
     if start is not None:
-        opt.load_state_dict(start["optimizer"])
-        sched.load_state_dict(start["scheduler"])
-        sched.milestones = Counter(sched.milestones)  # a plain dict after the JSON round trip
-        gen.set_state(start["generator"])
-        if "rng" in start:
-            _set_rng_state(start["rng"], device)
-        first, result = start["epoch"] + 1, dict(start["result"])
+        first, result = restore_epoch_state(start, opt, sched, gen, device)
     with _progress(epochs, "probe", progress, unit="epoch") as bar:
         bar.update(first - 1)
         for epoch in range(first, epochs + 1):
@@ -465,12 +459,33 @@ def train_probe(
             if log:
                 log(row)
             if checkpoint:
-                checkpoint({"epoch": epoch, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                            "generator": gen.get_state(), "rng": _rng_state(device), "result": result})
+                checkpoint(epoch_state(epoch, opt, sched, gen, device, result))
             bar.set_postfix(train_acc=f"{row['train_acc']:.2f}", test_acc=f"{result.get('test_acc', float('nan')):.2f}")
             bar.update(1)
     model.eval()
     return result
+
+
+def epoch_state(epoch: int, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+                gen: torch.Generator, device: torch.device, result: dict[str, float]) -> dict[str, Any]:
+    """What a checkpoint after ``epoch`` of a supervised loop (probe, backprop) needs to continue it exactly."""
+    return {"epoch": epoch, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "generator": gen.get_state(), "rng": _rng_state(device), "result": result}
+
+
+def restore_epoch_state(start: dict[str, Any], opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+                        gen: torch.Generator, device: torch.device) -> tuple[int, dict[str, float]]:
+    """Load an ``epoch_state``; returns (the epoch to continue with, the result so far).
+
+    Without "rng" (a probe resumed on another number of ranks) the dropout masks are fresh from here on.
+    """
+    opt.load_state_dict(start["optimizer"])
+    sched.load_state_dict(start["scheduler"])
+    sched.milestones = Counter(sched.milestones)  # a plain dict after the JSON round trip
+    gen.set_state(start["generator"])
+    if "rng" in start:
+        _set_rng_state(start["rng"], device)
+    return start["epoch"] + 1, dict(start["result"])
 
 
 def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
