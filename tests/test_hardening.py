@@ -114,29 +114,37 @@ class Crash(Exception):
     pass
 
 
+def crash_then_resume(c, tmp_path, monkeypatch, every, hit):
+    """Run ``c`` whole, then again crashing right after the checkpoint ``hit(state)`` picks, then resume it:
+    both must end with the same weights, metrics and result. Returns the resumed run's result."""
+    run(c, tmp_path / "whole", progress=False, echo=False, checkpoint_every=every)
+    save = run_module.save_checkpoint
+
+    def save_then_crash(path, state):
+        save(path, state)
+        if hit(state):
+            raise Crash
+
+    monkeypatch.setattr(run_module, "save_checkpoint", save_then_crash)
+    with pytest.raises(Crash):
+        run(c, tmp_path / "cut", progress=False, echo=False, checkpoint_every=every)
+    monkeypatch.setattr(run_module, "save_checkpoint", save)
+    res = run(c, tmp_path / "cut", progress=False, echo=False, checkpoint_every=every, resume=True)
+    assert_same_run(tmp_path / "whole", tmp_path / "cut")
+    assert not (tmp_path / "cut" / CHECKPOINT).exists()
+    return res
+
+
 @pytest.mark.parametrize("mode,crash_at", [
     ("successive", ("hebbian", {"stage": 1, "epoch": 0, "batch": 4})),  # mid-epoch of the second block
     ("simultaneous", ("hebbian", {"stage": 0, "epoch": 1, "batch": 2})),  # second epoch
     ("successive", ("probe", 2)),  # after probe epoch 2 of 4
 ])
 def test_interrupted_run_resumes_to_the_same_weights(fake, tmp_path, monkeypatch, mode, crash_at):
-    c = cfg(mode=mode, hebb_epochs=2)
-    run(c, tmp_path / "whole", progress=False, echo=False, checkpoint_every=2)
-    save = run_module.save_checkpoint
-
-    def save_then_crash(path, state):
-        save(path, state)
-        phase, where = crash_at
-        if state["phase"] == phase and (state.get("position") == where or state.get("probe", {}).get("epoch") == where):
-            raise Crash
-
-    monkeypatch.setattr(run_module, "save_checkpoint", save_then_crash)
-    with pytest.raises(Crash):
-        run(c, tmp_path / "cut", progress=False, echo=False, checkpoint_every=2)
-    monkeypatch.setattr(run_module, "save_checkpoint", save)
-    res = run(c, tmp_path / "cut", progress=False, echo=False, checkpoint_every=2, resume=True)
-    assert res["resumed_from"]["phase"] == crash_at[0]
-    assert_same_run(tmp_path / "whole", tmp_path / "cut")
+    phase, where = crash_at
+    res = crash_then_resume(cfg(mode=mode, hebb_epochs=2), tmp_path, monkeypatch, 2, lambda state: state["phase"] == phase
+                            and (state.get("position") == where or state.get("probe", {}).get("epoch") == where))
+    assert res["resumed_from"]["phase"] == phase
 
 
 TINY_BP = {"name": "tinyBP", "blocks": [
@@ -151,23 +159,20 @@ TINY_BP = {"name": "tinyBP", "blocks": [
 ])
 def test_interrupted_backprop_run_resumes_to_the_same_weights(fake, tmp_path, monkeypatch, bp_mode, crash_at):
     fake["preset"] = TINY_BP
-    c = cfg(preset="tinyBP", bp_mode=bp_mode)
-    run(c, tmp_path / "whole", progress=False, echo=False, checkpoint_every=1)
-    save = run_module.save_checkpoint
-
-    def save_then_crash(path, state):
-        save(path, state)
-        if state["phase"] == "backprop" and {k: state["backprop"][k] for k in ("stage", "epoch")} == crash_at:
-            raise Crash
-
-    monkeypatch.setattr(run_module, "save_checkpoint", save_then_crash)
-    with pytest.raises(Crash):
-        run(c, tmp_path / "cut", progress=False, echo=False, checkpoint_every=1)
-    monkeypatch.setattr(run_module, "save_checkpoint", save)
-    res = run(c, tmp_path / "cut", progress=False, echo=False, checkpoint_every=1, resume=True)
+    res = crash_then_resume(cfg(preset="tinyBP", bp_mode=bp_mode), tmp_path, monkeypatch, 1, lambda state:
+                            state["phase"] == "backprop" and state["backprop"]["epoch"] == crash_at["epoch"]
+                            and state["backprop"]["stage"] == crash_at["stage"])
     assert res["resumed_from"] == {"phase": "backprop", **crash_at}
-    assert_same_run(tmp_path / "whole", tmp_path / "cut")
-    assert not (tmp_path / "cut" / CHECKPOINT).exists()
+
+
+@pytest.mark.parametrize("preset", [TINY, TINY_BP])
+def test_checkpointing_does_not_change_the_run(fake, tmp_path, preset):
+    """`softhebb reproduce` checkpoints every run; its results must be those of a plain `softhebb train`."""
+    fake["preset"] = preset
+    c = cfg(preset=preset["name"])
+    run(c, tmp_path / "plain", progress=False, echo=False)
+    run(c, tmp_path / "checkpointed", progress=False, echo=False, checkpoint_every=1)
+    assert_same_run(tmp_path / "plain", tmp_path / "checkpointed")
 
 
 def test_resume_needs_the_original_options(fake, tmp_path, monkeypatch):
