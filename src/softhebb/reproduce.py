@@ -2,9 +2,9 @@
 
 Each experiment is a grid of runs (dataset × method × x-value × seed). Every run is an ordinary
 run directory under ``<out>/<experiment>/``; finished runs are skipped and unfinished ones continue
-from their last checkpoint, so an interrupted reproduction resumes where it stopped. After the grid, ``runs.csv`` lists every run and
-``<experiment>.md`` / ``<experiment>.png`` show mean ± population std over seeds next to the
-paper's number and the difference.
+from their last checkpoint, so an interrupted reproduction resumes where it stopped. After the
+grid, ``runs.csv`` lists every run and ``<experiment>.md`` / ``<experiment>.png`` show mean ±
+population std over seeds next to the paper's number and the difference.
 
     softhebb reproduce --list
     softhebb reproduce fig3 --dataset mnist --seeds 2

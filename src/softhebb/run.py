@@ -430,9 +430,9 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
     """Train and evaluate one configuration, writing its run directory. Returns the result dict.
 
     ``checkpoint_every`` > 0: a checkpoint every that many Hebbian batches and after every probe
-    (or backprop) epoch. ``resume``: continue an unfinished run directory from its checkpoint, to the same final
-    weights as an uninterrupted run (the options must be those it was started with; a missing
-    or empty directory just starts). Under torchrun (torch.distributed initialised) every rank
+    (or backprop) epoch. ``resume``: continue an unfinished run directory from its checkpoint, to
+    the same final weights as an uninterrupted run (the options must be those it was started with;
+    a missing or empty directory just starts). Under torchrun (torch.distributed initialised) every rank
     trains its share (softhebb.distributed) and only rank 0 writes.
     """
     out = Path(out)
