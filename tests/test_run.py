@@ -123,3 +123,22 @@ def test_cuda_request_without_cuda_is_clear():
     from softhebb.run import resolve_device
     with pytest.raises(RunError, match="CUDA is not available"):
         resolve_device("cuda")
+
+
+def test_diagnose_features_script_reports_winners_and_probes(data_root, tmp_path):
+    """scripts/diagnose_features.py (used for the Hard-WTA diagnosis in docs/RESULTS.md) runs on a saved run."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    run(RunConfig(preset="3SoftHebbCnnCIFAR", dataset="mnist", train_limit=300, test_limit=100, probe_epochs=1),
+        tmp_path / "r", data_root, progress=False, echo=False)
+    script = Path(__file__).parents[1] / "scripts" / "diagnose_features.py"
+    env = {**os.environ, "SOFTHEBB_DATA": str(data_root)}
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "r"), "--train", "200", "--test", "100"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[:2]] == ["block 0", "block 1"] and "neurons win somewhere" in lines[0]
+    assert sum(line.startswith("probe on ") for line in lines) == 4
