@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import softhebb.run as run_module
 from softhebb import reproduce, train
 from softhebb.cli import main
 from softhebb.network import build_model
@@ -147,8 +148,6 @@ def test_reproduce_jobs_run_in_processes_with_the_same_results(data_root, tmp_pa
 
 
 def test_an_interrupted_reproduction_continues_each_run_from_its_checkpoint(data_root, tmp_path, monkeypatch):
-    import softhebb.run as run_module
-
     cells = lambda dataset: [Cell("softhebb", 1, {"preset": "2SoftHebbCnnCIFAR"}, None),  # noqa: E731
                              Cell("bp", 1, {"preset": "2CnnCIFAR"}, None)]
     monkeypatch.setitem(reproduce.EXPERIMENTS, "tiny", Experiment("tiny", "tiny grid", "hidden layers", ("mnist",), cells))

@@ -1,7 +1,11 @@
 """End to end on real MNIST, the CLI round trip, and clear errors for bad input."""
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -127,11 +131,6 @@ def test_cuda_request_without_cuda_is_clear():
 
 def test_diagnose_features_script_reports_winners_and_probes(data_root, tmp_path):
     """scripts/diagnose_features.py (used for the Hard-WTA diagnosis in docs/RESULTS.md) runs on a saved run."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     run(RunConfig(preset="3SoftHebbCnnCIFAR", dataset="mnist", train_limit=300, test_limit=100, probe_epochs=1),
         tmp_path / "r", data_root, progress=False, echo=False)
     script = Path(__file__).parents[1] / "scripts" / "diagnose_features.py"
