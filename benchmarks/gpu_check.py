@@ -64,18 +64,20 @@ def _hebbian_weights(device, preset: str, images: torch.Tensor, perturb: float =
 
 @contextlib.contextmanager
 def _no_tf32():
-    """Full fp32 matmuls and convolutions on the device while comparing with the CPU."""
+    """Full fp32 matmuls and convolutions on the device while comparing with the CPU; the settings come back after."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 
 
 def equality(device: torch.device, preset: str, n: int) -> dict:
     images = torch.randint(0, 256, (n, *SHAPE), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     with _no_tf32():
-        one_cpu, one_dev = _hebbian_weights("cpu", preset, images[:10])[1], _hebbian_weights(device, preset, images[:10])[1]
+        one_cpu = _hebbian_weights("cpu", preset, images[:10])[1]
+        one_dev = _hebbian_weights(device, preset, images[:10])[1]
         model, traj_cpu = _hebbian_weights("cpu", preset, images)
         traj_dev = _hebbian_weights(device, preset, images)[1]
         floor = _rel(traj_cpu, _hebbian_weights("cpu", preset, images, perturb=2 ** -23)[1])

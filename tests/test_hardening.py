@@ -142,8 +142,10 @@ def crash_then_resume(c, tmp_path, monkeypatch, every, hit):
 ])
 def test_interrupted_run_resumes_to_the_same_weights(fake, tmp_path, monkeypatch, mode, crash_at):
     phase, where = crash_at
-    res = crash_then_resume(cfg(mode=mode, hebb_epochs=2), tmp_path, monkeypatch, 2, lambda state: state["phase"] == phase
-                            and (state.get("position") == where or state.get("probe", {}).get("epoch") == where))
+    def hit(state):
+        return state["phase"] == phase and (state.get("position") == where or state.get("probe", {}).get("epoch") == where)
+
+    res = crash_then_resume(cfg(mode=mode, hebb_epochs=2), tmp_path, monkeypatch, 2, hit)
     assert res["resumed_from"]["phase"] == phase
 
 

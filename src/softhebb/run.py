@@ -583,7 +583,8 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
               "peak_rss_mb": round(peak_rss_mb(), 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if ckpt is not None:
         place = ckpt[_PHASE_STATE[ckpt["phase"]]]  # hebbian: stage/epoch/batch; probe: epoch; backprop: stage/epoch
-        result["resumed_from"] = {"phase": ckpt["phase"], **{k: place[k] for k in ("stage", "epoch", "batch") if k in place}}
+        result["resumed_from"] = {"phase": ckpt["phase"],
+                                  **{k: place[k] for k in ("stage", "epoch", "batch") if k in place}}
     if lead:
         save_model(model, out / "model.safetensors", config)
         atomic_write(out / "result.json", json.dumps(result, indent=2))
