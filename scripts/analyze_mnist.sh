@@ -3,7 +3,7 @@
 #
 #   SOFTHEBB_DATA=../shared/datasets scripts/analyze_mnist.sh RUN_DIR [RUN_DIR ...]
 #
-# e.g. runs/repro/mnist-SoftHebbCnnMNIST-s0 runs/repro/fashion-mnist-SoftHebbCnnMNIST-s0, plus any
+# e.g. runs/mnist-SoftHebbCnnMNIST-s0 runs/fashion-mnist-SoftHebbCnnMNIST-s0 (from `softhebb train`), plus any
 # Hard-WTA or backprop runs to compare. Writes into $OUT (default docs/figures):
 #   filters.png/csv                  first-layer filters of every run side by side
 #   robustness.png/csv/json          noise, FGSM/FGM and PGD accuracy, each run on its own test set

@@ -275,3 +275,16 @@ def test_monitoring_counts_wins_and_winner_share():
     assert torch.equal(layer.win_counts, expected_wins)
     s = layer.stats()
     assert set(s) >= {"radius_mean", "convergence", "r1", "winner_share", "lr_mean"}
+
+
+def test_layers_name_the_input_shape_they_expect():
+    conv, lin = HebbianConv2d(3, 4, 3), HebbianLinear(6, 2)
+    cases = ((conv, torch.rand(3, 8, 8), r"\(N, 3, H, W\)"), (conv, torch.rand(1, 2, 8, 8), r"got shape \(1, 2, 8, 8\)"),
+             (lin, torch.rand(6), r"\(N, 6\) input \(flatten first\)"), (lin, torch.rand(2, 5, 6), r"got shape \(2, 5, 6\)"))
+    for layer, x, message in cases:
+        for training in (True, False):  # the same answer whether or not the layer learns
+            layer.train(training)
+            with pytest.raises(ValueError, match=message):
+                layer(x)
+    with pytest.raises(ValueError, match="padding must be an int or a pair of ints, got 'same'"):
+        HebbianConv2d(3, 4, 3, padding="same")

@@ -200,13 +200,12 @@ def test_probe_augment_option_on_an_in_memory_dataset(data_root, tmp_path, spy):
 
 
 def test_runs_started_before_probe_augment_and_probe_dropout_existed_keep_their_names_and_resume():
-    from softhebb.reproduce import _run_name
-
-    assert _run_name(RunConfig()) == "cifar10-4SoftHebbCnnCIFAR-ce64bcd2-s0"  # the name of our published run
-    assert _run_name(RunConfig(probe_augment="none")) == _run_name(RunConfig())  # the protocol's: the same run
-    assert _run_name(RunConfig(probe_dropout=0.5)) == _run_name(RunConfig())  # the preset's: the same run
-    assert _run_name(RunConfig(probe_augment="shift")) != _run_name(RunConfig())
-    assert _run_name(RunConfig(probe_dropout=0.3)) != _run_name(RunConfig())
+    name = run_module.run_name
+    assert name(RunConfig()) == "cifar10-4SoftHebbCnnCIFAR-ce64bcd2-s0"  # the name of our published run
+    assert name(RunConfig(probe_augment="none")) == name(RunConfig())  # the protocol's: the same run
+    assert name(RunConfig(probe_dropout=0.5)) == name(RunConfig())  # the preset's: the same run
+    assert name(RunConfig(probe_augment="shift")) != name(RunConfig())
+    assert name(RunConfig(probe_dropout=0.3)) != name(RunConfig())
     cfg = RunConfig()
     old = {k: v for k, v in cfg.__dict__.items() if k not in ("probe_augment", "probe_dropout")}
     run_module._same_config(Path("x"), old, cfg.resolved_preset(), cfg, cfg.resolved_preset())
@@ -237,12 +236,10 @@ def test_noise_is_added_to_pixels_before_a_folders_normalisation(tmp_path):
 
 
 def test_probe_dropout_is_validated_and_names_one_run():
-    from softhebb.reproduce import _run_name
-
     preset = RunConfig(dataset="mnist", preset=SMALL, probe_dropout=0.2).resolved_preset()
     assert build_model(preset, (1, 28, 28), 10, seed=0).dropout.p == 0.2
     assert RunConfig(dataset="mnist", preset="2SoftMlpMNIST", probe_dropout=0).probe_dropout is None  # its own
-    assert _run_name(RunConfig(probe_dropout=0)) == _run_name(RunConfig(probe_dropout=0.0))
+    assert run_module.run_name(RunConfig(probe_dropout=0)) == run_module.run_name(RunConfig(probe_dropout=0.0))
     for bad in (1.0, -0.1, True, "0.3", float("nan")):
         with pytest.raises(RunError, match="probe_dropout"):
             RunConfig(dataset="mnist", preset=SMALL, probe_dropout=bad)

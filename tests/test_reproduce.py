@@ -106,14 +106,20 @@ def test_reproduce_cli_lists_and_rejects_unknown(capsys):
     assert "stl10_binary.tar.gz" in capsys.readouterr().err  # no data: says which file to put where
     assert main(["reproduce", "fig1", "--option", "probe_epoch=3"]) == 2
     assert "run options are" in capsys.readouterr().err
+    assert main(["reproduce", "fig3", "--option", "preset=2SoftHebbCnnCIFAR"]) == 2  # the grid's own axis
+    assert "would replace what experiment fig3 itself varies" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["reproduce", "fig1", "--seeds", "0"])
+    assert "expected an integer >= 1" in capsys.readouterr().err
+    with pytest.raises(RunError, match="seeds must be"):
+        reproduce.reproduce("fig1", "unused", seeds=0)
 
 
 def test_every_experiment_cell_is_a_valid_run_config():
     for exp in reproduce.EXPERIMENTS.values():
         for dataset in exp.datasets:
             for cell in exp.cells(dataset):
-                if dataset in ("mnist", "fashion-mnist", "cifar10", "cifar100"):
-                    RunConfig(dataset=dataset, **cell.config)
+                RunConfig(dataset=dataset, **cell.config)  # presets, overrides and input shapes are checked
 
 
 def test_reproduce_jobs_run_in_processes_with_the_same_results(data_root, tmp_path, monkeypatch):

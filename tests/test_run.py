@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from softhebb.cli import main
-from softhebb.run import RunConfig, RunError, load_run, run
+from softhebb.run import RunConfig, RunError, atomic_write, evaluate_run, load_run, run, run_name
 
 
 def test_hebbian_features_beat_random_features_on_real_cifar10(data_root, tmp_path):
@@ -102,6 +102,58 @@ def test_bad_config_values_are_rejected():
         RunConfig(hebb_batch=0)
     with pytest.raises(RunError, match="'dataset'"):
         RunConfig(dataset="imagenet-21k")
+
+
+def test_bad_preset_values_fail_before_anything_is_written(tmp_path, capsys):
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps({"blocks": [{"type": "conv", "out": 8, "rule": "bp"}, {"type": "conv", "out": 8}]}))
+    for bad, message in ((["--set", "groups=5"], "groups=5 must divide the block's input channels (1)"),
+                         (["--set", "pool=max_2_2_2"], "padding between 0 and half the kernel"),
+                         (["--set", "rule=bp"], "'block_overrides'"),
+                         (["--preset", str(mixed)], "mixes backprop")):
+        assert main(["train", "--dataset", "mnist", *bad, "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "o").exists()
+
+
+def test_default_run_directories_of_variants_do_not_collide():
+    def name(**options) -> str:
+        return run_name(RunConfig(**options), short_if_default=True)
+
+    assert name(seed=1) == "cifar10-4SoftHebbCnnCIFAR-s1"
+    assert name(device="cpu", workers=2, probe_dropout=0.5) == "cifar10-4SoftHebbCnnCIFAR-s0"  # the same run
+    variants = [{}, {"hebb_epochs": 0}, {"precision": "bf16"}, {"block_overrides": {"t_invert": 0.5}}, {"probe_lr": 3e-4},
+                {"hebb_epochs": 0, "random_bn": "data"}]
+    assert len({name(**v) for v in variants}) == len(variants)
+
+
+def test_eval_refuses_a_dataset_with_other_classes_or_an_empty_subset(tmp_path, monkeypatch):
+    from softhebb import run as run_module
+    from softhebb.network import build_model
+
+    out = tmp_path / "r"
+    model = build_model("SoftHebbCnnMNIST_2layer", (1, 28, 28), 10, seed=0)
+    run_module.save_model(model, out / "model.safetensors", {})
+    config = {"run": {"dataset": "mnist", "seed": 0}, "preset": model.preset, "in_shape": [1, 28, 28], "num_classes": 10}
+    (out / "config.json").write_text(json.dumps(config))
+
+    class Test:  # a 100-class dataset with MNIST's image shape; never reaches the images
+        shape = (1, 28, 28)
+    monkeypatch.setattr(run_module, "load_dataset", lambda *a: Test())
+    monkeypatch.setitem(run_module.DATASETS, "mnist100", run_module.DATASETS["cifar100"])
+    with pytest.raises(RunError, match="10-class classifier, but mnist100 has 100 classes"):
+        evaluate_run(out, "mnist100")
+    with pytest.raises(RunError, match="limit must be"):
+        evaluate_run(out, limit=0)
+
+
+def test_run_files_are_readable_as_the_umask_allows(tmp_path):
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "result.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "result.json").stat().st_mode & 0o777 == 0o644
 
 
 def test_load_run_refuses_non_runs(tmp_path):

@@ -11,7 +11,7 @@ import torch
 
 from .data import DATA_ENV, DATASETS, DatasetError
 from .network import PresetError, get_preset, list_presets
-from .run import RunConfig, RunError, evaluate_run, run
+from .run import RunConfig, RunError, evaluate_run, run, run_name
 from . import distributed, reproduce, search as search_cli
 from .analysis import report as analysis_report
 
@@ -30,13 +30,34 @@ def _block_override(text: str) -> tuple[str, object]:
         return key, value  # a bare string such as rule=soft
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends an option's default unless its help already explains it or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+            return text
+        return super()._get_help_string(action) or text
+
+
+def positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1 (threads, seeds, limits, jobs)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="softhebb", description="SoftHebb: Hebbian deep learning without feedback. "
                                 "Train a network without labels, then measure it with a linear probe.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="Hebbian phase + linear probe + test accuracy; writes a run directory",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=HelpFormatter,
                        description="Train the Hebbian layers of a preset without labels (one epoch by default), "
                        "then a dropout + linear classifier on the frozen features, and report test accuracy.")
     t.add_argument("--dataset", default="cifar10", choices=sorted(DATASETS), help="dataset to train and test on")
@@ -75,10 +96,10 @@ def _parser() -> argparse.ArgumentParser:
                    "(also caps the Hebbian split where it is another one, e.g. STL-10's unlabeled images)")
     t.add_argument("--test-limit", type=int, default=None, help="use a seeded random subset of N test images")
     t.add_argument("--data-dir", default=None, help=f"data root (default: ${DATA_ENV}, else ~/.cache/softhebb/data)")
-    t.add_argument("--out", default=None, help="run directory (default: runs/<dataset>-<preset>-s<seed>)")
+    t.add_argument("--out", default=None, help="run directory (default: runs/<dataset>-<preset>-s<seed>; with options other than the dataset's protocol, runs/<dataset>-<preset>-<digest of the options>-s<seed>)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    t.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
+    t.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: PyTorch's choice)")
     t.add_argument("--workers", type=int, default=None,
                    help="processes decoding image-folder datasets (ImageNette, ImageNet); default: up to 8")
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -87,24 +108,24 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the unfinished run in --out from its checkpoint "
                    "(same options as when it started); reaches the same weights as an uninterrupted run")
 
-    e = sub.add_parser("eval", help="test accuracy of a saved run", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e = sub.add_parser("eval", help="test accuracy of a saved run", formatter_class=HelpFormatter)
     e.add_argument("run_dir", help="a run directory written by `softhebb train`")
     e.add_argument("--dataset", default=None, choices=sorted(DATASETS), help="dataset to test on (default: the run's own)")
     e.add_argument("--data-dir", default=None, help=f"data root (default: ${DATA_ENV}, else ~/.cache/softhebb/data)")
-    e.add_argument("--limit", type=int, default=None, help="evaluate on a seeded subset of N test images")
+    e.add_argument("--limit", type=positive_int, default=None, help="evaluate on a seeded subset of N test images")
     e.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
     pr = sub.add_parser("presets", help="list the network presets")
     pr.add_argument("name", nargs="?", help="show one preset in full")
 
     r = sub.add_parser("reproduce", help="regenerate a figure or table of the paper (resumable grid of runs)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=HelpFormatter,
                        description="Run every (dataset, method, x, seed) of a paper experiment, skipping finished runs, "
                        "then write runs.csv, a markdown table with the paper's numbers and a plot under OUT/EXPERIMENT/.")
     r.add_argument("experiment", nargs="?", help="experiment name (see --list)")
     r.add_argument("--list", action="store_true", help="list the experiments")
     r.add_argument("--dataset", action="append", default=None, help="dataset(s) of the experiment (default: its first)")
-    r.add_argument("--seeds", type=int, default=None, help="number of seeds (default: the paper's, usually 4)")
+    r.add_argument("--seeds", type=positive_int, default=None, help="number of seeds (default: the paper's, usually 4)")
     r.add_argument("--methods", default=None, metavar="M1,M2",
                    help="run only these methods, e.g. softhebb,hard,random (default: all of the experiment's)")
     r.add_argument("--out", default="runs/reproduce", help="root folder of the experiment's runs and tables")
@@ -113,10 +134,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a run option for every run, e.g. --option probe_epochs=10 --option train_limit=10000 "
                    "(a non-paper protocol; such runs get their own directories)")
     r.add_argument("--summary-only", action="store_true", help="run nothing; tabulate the runs that have finished")
-    r.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process, spread over the visible "
+    r.add_argument("--jobs", type=positive_int, default=1, help="runs at once, each in its own process, spread over the visible "
                    "GPUs (a GPU is mostly idle with one run at batch 10); CPU threads are shared among them, and "
                    "on a CPU a different thread count can change results in the last digits")
-    r.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
+    r.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: PyTorch's choice)")
     r.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
     search_cli.add_parser(sub)  # `softhebb search`; its options live beside the search
@@ -162,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
                         block_overrides=dict(args.block_overrides) if args.block_overrides else None,
                         random_bn=args.random_bn, bp_mode=args.bp_mode, workers=args.workers,
                         probe_augment=args.probe_augment, probe_dropout=args.probe_dropout)
-        out = Path(args.out or f"runs/{args.dataset}-{get_preset(preset)['name']}-s{args.seed}")
+        out = Path(args.out or Path("runs") / run_name(cfg, short_if_default=True))
         try:
             par = distributed.init_from_env(args.device)  # under torchrun: join the group; rank 0 alone writes and prints
         except ValueError as e:

@@ -178,6 +178,8 @@ class Subset:
 
 def subset_indices(n: int, size: int, seed: int) -> torch.Tensor:
     """A seeded random ``size`` of ``range(n)``, sorted: the rows every ``--train-limit`` / ``--test-limit`` uses."""
+    if size < 1:
+        raise ValueError(f"a subset needs at least 1 row, got size {size}")
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].sort().values
 
 

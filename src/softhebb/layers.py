@@ -34,8 +34,9 @@ def _check(cond: bool, msg: str) -> None:
 
 
 def _pair(v: int | tuple[int, int], name: str) -> tuple[int, int]:
-    t = (v, v) if isinstance(v, int) else tuple(int(a) for a in v)
-    _check(len(t) == 2, f"{name} must be an int or a pair of ints, got {v!r}")
+    t = (v, v) if isinstance(v, int) else tuple(v) if isinstance(v, (tuple, list)) else ()
+    _check(len(t) == 2 and all(isinstance(a, int) and not isinstance(a, bool) for a in t),
+           f"{name} must be an int or a pair of ints, got {v!r}")
     return t  # type: ignore[return-value]
 
 
@@ -216,6 +217,8 @@ class HebbianConv2d(_HebbianLayer):
         self.padding_mode, self.pre_triangle = padding_mode, pre_triangle
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check(x.dim() == 4 and x.shape[1] == self.in_channels,
+               f"HebbianConv2d expects (N, {self.in_channels}, H, W) input, got shape {tuple(x.shape)}")
         x = P.pad_input(x, self.padding, self.padding_mode)
         u = F.conv2d(x, self.weight.to(x.dtype), None, self.stride, 0, self.dilation, self.groups)
         if self.pre_triangle:
@@ -255,6 +258,8 @@ class HebbianLinear(_HebbianLayer):
         self.in_features, self.out_features = in_features, out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check(x.dim() == 2 and x.shape[1] == self.in_features,  # the update sums over one batch dimension
+               f"HebbianLinear expects (N, {self.in_features}) input (flatten first), got shape {tuple(x.shape)}")
         u = x @ self.weight.to(x.dtype).t()
         if self.training and self.plastic:
             self._accumulate(x, u)

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .layers import PADDING_MODES, ChannelSoftmax, Dropout, HebbianConv2d, HebbianLinear, MaxPool2d, Triangle, _HebbianLayer
+from .layers import PADDING_MODES, SCHEDULES, ChannelSoftmax, Dropout, HebbianConv2d, HebbianLinear, MaxPool2d, Triangle, _HebbianLayer
+from .plasticity import RULES
 
 CONV_DEFAULTS: dict[str, Any] = dict(
     rule="softhebb", kernel=3, stride=1, padding=0, dilation=1, groups=1, padding_mode="reflect",
@@ -138,11 +139,10 @@ def _check_block_values(name: str, i: int, b: dict) -> None:
     for field, low in _INTS.items():
         if field in b and (not isinstance(b[field], int) or isinstance(b[field], bool) or b[field] < low):
             raise bad(field, f"an integer >= {low}")
-    rules = ("softhebb", "soft", "hard", "bp")
-    if b["rule"] not in rules:
-        raise bad("rule", f"one of {rules}")
-    if b["lr_schedule"] not in ("radius", "linear"):
-        raise bad("lr_schedule", "'radius' or 'linear'")
+    if b["rule"] not in (*RULES, "bp"):
+        raise bad("rule", f"one of {(*RULES, 'bp')}")
+    if b["lr_schedule"] not in SCHEDULES:
+        raise bad("lr_schedule", f"one of {SCHEDULES}")
     if "padding_mode" in b and b["padding_mode"] not in PADDING_MODES:
         raise bad("padding_mode", f"one of {PADDING_MODES}")
     for field in ("bn", "pre_triangle"):
@@ -155,8 +155,9 @@ def _check_block_values(name: str, i: int, b: dict) -> None:
         _parse_activation(b["activation"])
         if b.get("pool") is not None:
             _, k, st, p = _pool_params(b["pool"])
-            if k < 1 or st < 1 or p < 0:
-                raise PresetError(f"pool kernel and stride must be >= 1 and padding >= 0, got {b['pool']!r}")
+            if k < 1 or st < 1 or not 0 <= p <= k // 2:
+                raise PresetError(f"pool kernel and stride must be >= 1 and padding between 0 and half the kernel, "
+                                  f"got {b['pool']!r}")
     except (PresetError, ValueError) as e:
         raise PresetError(f"{where}: {e}") from None
 
@@ -202,7 +203,9 @@ def block_output_shape(block: dict, in_shape: tuple[int, ...]) -> tuple[int, ...
         return (block["out"],)
     if len(in_shape) != 3:
         raise PresetError(f"a conv block needs a (C, H, W) input, got shape {in_shape}")
-    _, h, w = in_shape
+    c, h, w = in_shape
+    if c % block["groups"] or block["out"] % block["groups"]:
+        raise PresetError(f"groups={block['groups']} must divide the block's input channels ({c}) and 'out' ({block['out']})")
     h, w = (_conv_out(n, block["kernel"], block["stride"], block["padding"], block["dilation"]) for n in (h, w))
     if block["pool"]:
         _, k, s, p = _pool_params(block["pool"])

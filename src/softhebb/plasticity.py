@@ -101,18 +101,9 @@ def hebbian_terms_linear(x: torch.Tensor, y: torch.Tensor, u: torch.Tensor) -> t
     return y.to(u.dtype).t() @ x.to(u.dtype), _sum_yu(y, u, dims=(0,))
 
 
-def delta_weight(yx: torch.Tensor, yu: torch.Tensor, weight: torch.Tensor, groups: int = 1) -> torch.Tensor:
-    """Δw = Σỹx − (Σỹu)·w, divided by its max-abs over the whole layer (per group for conv).
-
-    After this, the largest element of Δw (of each group) has magnitude exactly 1.
-    """
-    dw = yx - yu.view(-1, *([1] * (weight.dim() - 1))) * weight
-    g = dw.view(groups, -1)
-    return (g / (g.abs().amax(dim=1, keepdim=True) + NORM_EPS)).view_as(weight)
-
-
 def apply_update_(weight: torch.Tensor, yx: torch.Tensor, yu: torch.Tensor, rate: torch.Tensor, groups: int = 1) -> torch.Tensor:
-    """In place: w_k += rate_k · Δw_k / max|Δw| — ``delta_weight`` fused into three passes over the weights.
+    """In place: w_k += rate_k · Δw_k / max|Δw|, with Δw = Σỹx − (Σỹu)·w and the max-abs over the whole layer
+    (per group for conv), in three passes over the weights.
 
     Returns the per-group max |Δw| (non-finite exactly when the update was).
     """

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import hashlib
 import io
 import json
 import math
@@ -32,7 +31,7 @@ from typing import Any, Callable
 
 import torch
 
-from .run import ADDED_FIELDS, CHECKPOINT, RunConfig, RunError, atomic_write, run
+from .run import CHECKPOINT, RunConfig, RunError, atomic_write, run, run_name
 
 
 @dataclass(frozen=True)
@@ -189,15 +188,6 @@ def list_experiments() -> str:
     return "\n".join(lines)
 
 
-def _run_name(cfg: RunConfig) -> str:
-    """Named by the full configuration: identical cells share a run, and changed options never reuse one."""
-    # workers never changes results; fields added later are left out at their default, so older runs keep their names
-    fields = {k: v for k, v in dataclasses.asdict(cfg).items()
-              if k != "workers" and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
-    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{cfg.dataset}-{cfg.preset}-{digest}-s{cfg.seed}"
-
-
 def reproduce(name: str, out: str | Path, datasets: list[str] | None = None, seeds: int | None = None,
               data_dir: str | None = None, overrides: dict | None = None, progress: bool = True,
               echo: Callable[[str], None] = print, summary_only: bool = False,
@@ -221,18 +211,27 @@ def reproduce(name: str, out: str | Path, datasets: list[str] | None = None, see
         if not set(methods) <= known:
             raise RunError(f"experiment {name} has no method {sorted(set(methods) - known)[0]!r}; "
                            f"its methods are {', '.join(sorted(known))}")
+    if seeds is not None and (not isinstance(seeds, int) or seeds < 1):
+        raise RunError(f"seeds must be an integer >= 1, got {seeds!r}")
+    cells = [c for d in datasets for c in exp.cells(d)]
+    axes = {"seed", "dataset"} | {k for c in cells for k in c.config
+                                  if len({repr(c2.config.get(k)) for c2 in cells}) > 1}
+    clash = sorted(axes & set(overrides or {}))
+    if clash:
+        raise RunError(f"--option {clash[0]} would replace what experiment {name} itself varies "
+                       f"({', '.join(sorted(axes))}); use --dataset, --seeds or --methods for those")
     root = Path(out) / name
     grid, pending = [], {}  # pending: run_dir -> (config, label); cells sharing a run run it once
     for dataset in datasets:
         for cell in exp.cells(dataset):
             if methods is not None and cell.method not in methods:
                 continue
-            for seed in range(seeds or exp.default_seeds):
+            for seed in range(seeds if seeds is not None else exp.default_seeds):
                 try:
                     cfg = RunConfig(**{"dataset": dataset, "seed": seed, **cell.config, **(overrides or {})})
                 except TypeError as e:  # an --option that is not a RunConfig field
                     raise RunError(f"{e}; run options are {', '.join(RunConfig.__dataclass_fields__)}") from None
-                run_dir = root / _run_name(cfg)
+                run_dir = root / run_name(cfg)
                 grid.append((dataset, cell, seed, run_dir))
                 if not summary_only and not (run_dir / "result.json").exists():
                     pending.setdefault(run_dir, (cfg, f"{name}: {dataset} {cell.method} x={cell.x} seed {seed}"))

@@ -21,6 +21,7 @@ generator and the RNG (every rank's, for the probe).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -39,7 +40,7 @@ from safetensors.torch import load_file, save
 from . import __version__, distributed
 from .data import DATASETS, load_dataset, random_subset, subset_indices
 from .layers import _HebbianLayer
-from .network import SoftHebbNet, build_model, get_preset, resolve_preset
+from .network import SoftHebbNet, build_model, feature_shapes, get_preset, resolve_preset
 from .baselines import BP_MODES, RANDOM_BN, calibrate_batchnorm, train_backprop
 from .augment import BATCH_AUGMENTATIONS
 from .train import (MODES, PRECISIONS, Augment, NonFiniteError, StreamedFeatures, evaluate, extract_features,
@@ -142,7 +143,14 @@ class RunConfig:
             self.probe_dropout = float(self.probe_dropout)  # 0 and 0.0: one run, one name
             if self.probe_dropout == get_preset(self.preset)["classifier"]["dropout"]:
                 self.probe_dropout = None  # the preset's own: the same run, under the same name
-        self.resolved_preset()  # unknown preset or bad override → PresetError
+        overrides = self.block_overrides or {}
+        need("type" not in overrides and overrides.get("rule") != "bp", "block_overrides",
+             "fields of the Hebbian blocks other than 'type', with a Hebbian rule (backprop has its own *Cnn* presets)")
+        preset = self.resolved_preset()  # unknown preset or bad override → PresetError
+        if len({b["rule"] == "bp" for b in preset["blocks"]}) > 1:
+            raise RunError(f"preset {preset['name']!r} mixes backprop ('rule': 'bp') and Hebbian blocks; "
+                           "a run trains either all blocks by backprop or all by the Hebbian rule")
+        feature_shapes(preset, DATASETS[self.dataset].shape)  # bad groups or too small an input → PresetError here
 
     @property
     def protocol(self) -> Protocol:
@@ -182,7 +190,10 @@ def atomic_write(path: Path, data: bytes | str) -> None:
     """Write to a temp file in the same folder, fsync, rename over ``path``, fsync the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would hide shared results from other users
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
@@ -358,6 +369,20 @@ def _restore(model: SoftHebbNet, ckpt: dict, par: distributed.Parallel | None) -
 _NOT_COMPARED = ("device", "workers")  # may change between a run and its resumption
 # RunConfig fields added after runs were published, at their defaults
 ADDED_FIELDS = {"probe_augment": None, "probe_dropout": None}
+
+
+def run_name(cfg: RunConfig, short_if_default: bool = False) -> str:
+    """``<dataset>-<preset>-<digest>-s<seed>``, the digest of the whole configuration: identical runs share a
+    name and changed options never reuse one. ``short_if_default``: ``<dataset>-<preset>-s<seed>`` for a
+    run with the dataset's protocol and the preset as it is (only its device may differ)."""
+    preset = get_preset(cfg.preset)["name"]
+    if short_if_default and dataclasses.replace(cfg, device="auto", workers=None) == RunConfig(cfg.preset, cfg.dataset, seed=cfg.seed):
+        return f"{cfg.dataset}-{preset}-s{cfg.seed}"
+    # workers never changes results; fields added later are left out at their default, so older runs keep their names
+    fields = {k: v for k, v in dataclasses.asdict(cfg).items()
+              if k != "workers" and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{cfg.dataset}-{preset}-{digest}-s{cfg.seed}"
 
 
 def _open_run_dir(out: Path, cfg: RunConfig, preset: dict, overwrite: bool, resume: bool) -> dict | None:
@@ -595,6 +620,8 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
 def evaluate_run(run_dir: str | os.PathLike, dataset: str | None = None, data_dir: str | os.PathLike | None = None,
                  device: str = "auto", limit: int | None = None) -> dict[str, float]:
     """Test accuracy of a saved run on the official test split of ``dataset`` (default: its own)."""
+    if limit is not None and (not isinstance(limit, int) or limit < 1):
+        raise RunError(f"limit must be None or an integer >= 1, got {limit!r}")
     model, config = load_run(run_dir, "cpu")
     dev = resolve_device(device)
     model.to(dev)
@@ -603,6 +630,9 @@ def evaluate_run(run_dir: str | os.PathLike, dataset: str | None = None, data_di
     if tuple(test.shape) != tuple(config["in_shape"]):
         raise RunError(f"run {run_dir} was trained on inputs of shape {tuple(config['in_shape'])}, "
                        f"but {name} images have shape {tuple(test.shape)}")
+    if DATASETS[name].num_classes != config["num_classes"]:
+        raise RunError(f"run {run_dir} has a {config['num_classes']}-class classifier, "
+                       f"but {name} has {DATASETS[name].num_classes} classes")
     precision = config["run"].get("precision", "fp32")
     if name in IN_MEMORY:
         x, y = _subset(test.images, test.labels, limit, config["run"]["seed"])  # the subset `train --test-limit` used

@@ -77,7 +77,7 @@ class SearchConfig:
             if not cond:
                 raise RunError(f"search option {field!r} = {getattr(self, field)!r}: expected {expected}")
 
-        need(self.dataset in DATASETS, "dataset", f"one of {sorted(DATASETS)}")
+        need(self.dataset in IN_MEMORY, "dataset", f"one of the in-memory datasets {sorted(IN_MEMORY)}")
         need(bool(self.params) and set(self.params) <= set(PARAMS), "params", f"a non-empty subset of {PARAMS}")
         need(0 < self.val_fraction < 1, "val_fraction", "a fraction strictly between 0 and 1 (the paper: 0.2)")
         need(self.train_limit is None or self.train_limit >= 10, "train_limit", "None or an integer >= 10")
@@ -210,8 +210,6 @@ def search(cfg: SearchConfig, out: str | os.PathLike, study_name: str | None = N
         return study
 
     device = resolve_device(cfg.device)
-    if cfg.dataset not in IN_MEMORY:
-        raise RunError(f"search runs on in-memory datasets ({', '.join(IN_MEMORY)}); {cfg.dataset} is not one yet")
     train = load_dataset(cfg.dataset, "train", data_dir)  # the test split is never loaded
     images, labels = _subset(train.images, train.labels, cfg.train_limit, cfg.seed)
     tr, va = validation_split(labels.numel(), cfg.val_fraction, cfg.seed)
@@ -323,15 +321,17 @@ def write_tables(study: "optuna.Study", out: Path, cfg: SearchConfig) -> None:
 # -- command line -------------------------------------------------------------------------------
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from .cli import HelpFormatter, positive_int  # here, not at the top: the CLI imports this module
+
     s = sub.add_parser("search", help="Optuna search of per-layer Hebbian hyper-parameters on a 20 %% validation split",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=HelpFormatter,
                        description="Search t_invert, lr, power_lr and the triangle power of every Hebbian layer with "
                        "Optuna (TPE, median pruning on the per-epoch validation accuracy of the probe). The test set is "
                        "never used. Re-run the same command to continue the study.")
     d = SearchConfig()
-    s.add_argument("--dataset", default=d.dataset, choices=sorted(DATASETS))
+    s.add_argument("--dataset", default=d.dataset, choices=sorted(IN_MEMORY), help="dataset to search on")
     s.add_argument("--preset", default=d.preset, help="network preset whose values centre the search")
-    s.add_argument("--trials", type=int, default=d.trials, help="finished (completed or pruned) trials to reach in total")
+    s.add_argument("--trials", type=positive_int, default=d.trials, help="finished (completed or pruned) trials to reach in total")
     s.add_argument("--params", default=",".join(PARAMS), help=f"comma-separated subset of {','.join(PARAMS)}")
     s.add_argument("--study-name", default=None, help="study name; None: <dataset>-<preset>")
     s.add_argument("--storage", default=None, help="database URL, e.g. sqlite:///search.db or postgresql://user@host/db "
@@ -340,17 +340,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--val-fraction", type=float, default=d.val_fraction, help="fraction of the training set that validates")
     s.add_argument("--train-limit", type=int, default=None, help="search on a seeded subset of N training images (before the split)")
     s.add_argument("--seed", type=int, default=d.seed, help="model init, data order, split and sampler seed")
-    s.add_argument("--mode", default=d.mode, choices=list(MODES))
-    s.add_argument("--hebb-epochs", type=int, default=d.hebb_epochs)
-    s.add_argument("--hebb-batch", type=int, default=d.hebb_batch)
+    s.add_argument("--mode", default=d.mode, choices=list(MODES), help="Hebbian training mode of every trial")
+    s.add_argument("--hebb-epochs", type=int, default=d.hebb_epochs, help="Hebbian epochs per layer in every trial")
+    s.add_argument("--hebb-batch", type=int, default=d.hebb_batch, help="Hebbian batch size")
     s.add_argument("--probe-epochs", type=int, default=d.probe_epochs, help="probe epochs per trial (pruning may stop earlier)")
-    s.add_argument("--probe-batch", type=int, default=d.probe_batch)
-    s.add_argument("--probe-lr", type=float, default=d.probe_lr)
-    s.add_argument("--pruner", default=d.pruner, choices=list(PRUNERS))
+    s.add_argument("--probe-batch", type=int, default=d.probe_batch, help="linear-probe batch size")
+    s.add_argument("--probe-lr", type=float, default=d.probe_lr, help="linear-probe Adam learning rate")
+    s.add_argument("--pruner", default=d.pruner, choices=list(PRUNERS), help="how unpromising trials are stopped early")
     s.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds")
     s.add_argument("--data-dir", default=None, help=f"data root; None: ${DATA_ENV}, else ~/.cache/softhebb/data")
     s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    s.add_argument("--threads", type=int, default=None, help="CPU threads; None: PyTorch's choice")
+    s.add_argument("--threads", type=positive_int, default=None, help="CPU threads; None: PyTorch's choice")
 
 
 def main(args: argparse.Namespace) -> int:

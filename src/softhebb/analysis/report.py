@@ -245,8 +245,10 @@ def _ints(s: str) -> list[int]:
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``softhebb analyze`` on the main parser's subcommands."""
+    from ..cli import HelpFormatter, positive_int  # here, not at the top: the CLI imports this module
+
     a = sub.add_parser("analyze", help="figures + numbers: filters, receptive fields, dynamics, representations, robustness",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                       formatter_class=HelpFormatter,
                        description="Write PNG figures and the numbers behind them (CSV/JSON) for one or more run "
                        "directories. filters and robustness compare all runs in one figure; the other analyses write "
                        "one sub-folder per run when several runs are given.")
@@ -256,20 +258,20 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     a.add_argument("--labels", default=None, help="comma-separated names for the runs (default: folder names)")
     a.add_argument("--data-dir", default=None, help=f"data root (default: ${DATA_ENV}, else ~/.cache/softhebb/data)")
     a.add_argument("--dataset", default=None, choices=sorted(DATASETS), help="dataset to analyse on (default: each run's own)")
-    a.add_argument("--limit", type=int, default=None,
+    a.add_argument("--limit", type=positive_int, default=None,
                    help="images to use (seeded subset; default: dynamics 5000 train, representations 2000 and robustness 1000 test)")
     a.add_argument("--seed", type=int, default=0, help="image subset, neuron choice, noise and attack starts")
     a.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    a.add_argument("--threads", type=int, default=None, help="CPU threads (default: PyTorch's choice)")
-    a.add_argument("--neurons", type=int, default=36, help="receptive-fields: neurons per block")
+    a.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: PyTorch's choice)")
+    a.add_argument("--neurons", type=positive_int, default=36, help="receptive-fields: neurons per block")
     a.add_argument("--am-steps", type=int, default=200, help="receptive-fields: activation-maximisation steps")
     a.add_argument("--budget", type=float, default=0.25, help="receptive-fields: L2 budget as an RMS pixel change from grey")
     a.add_argument("--every", type=int, default=None, help="dynamics: record every N batches (default: ~200 records per block)")
     a.add_argument("--no-schedules", action="store_true", help="dynamics: skip the radius vs linear-decay comparison")
     a.add_argument("--schedule-blocks", type=int, default=1, help="dynamics: blocks trained in the schedule comparison")
     a.add_argument("--depths", type=_ints, default=None, help="representations: comma-separated block indices (default: all)")
-    a.add_argument("--top-neurons", type=int, default=5, help="representations: neurons shown with top patches")
-    a.add_argument("--top-k", type=int, default=10, help="representations: patches per neuron")
+    a.add_argument("--top-neurons", type=positive_int, default=5, help="representations: neurons shown with top patches")
+    a.add_argument("--top-k", type=positive_int, default=10, help="representations: patches per neuron")
     a.add_argument("--no-tsne", action="store_true", help="representations: PCA only")
     a.add_argument("--sigmas", type=_floats, default=None, help=f"robustness: Gaussian σ list (default {SIGMAS})")
     a.add_argument("--eps-linf", type=_floats, default=None, help="robustness: L∞ ε list (default by dataset)")
