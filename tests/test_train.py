@@ -108,8 +108,10 @@ def test_probe_learns_a_separable_problem():
     centers = torch.randn(3, model.num_features) * 3
     y = torch.randint(0, 3, (600,))
     f = centers[y] + torch.randn(600, model.num_features)
-    res = train_probe(model, f[:500], y[:500], f[500:], y[500:], epochs=5, batch_size=32, progress=False)
+    train_f = f[:500].clone()
+    res = train_probe(model, train_f, y[:500], f[500:], y[500:], epochs=5, batch_size=32, progress=False)
     assert res["test_acc"] > 95
+    assert torch.equal(train_f, f[:500]) and not model.dropout.inplace  # its dropout overwrote only its own copies
 
 
 def test_fast_dropout_keeps_half_and_rescales():
@@ -125,6 +127,29 @@ def test_fast_dropout_keeps_half_and_rescales():
     assert abs((d4(torch.ones(100000)) > 0).float().mean().item() - 0.6) < 0.01
     with pytest.raises(ValueError, match="dropout p"):
         Dropout(1.0)
+
+
+def test_dropout_reuses_its_mask_storage_without_changing_masks_or_gradients():
+    def fresh(x: torch.Tensor, seed: int) -> torch.Tensor:  # what the masks must be: new storage every call
+        torch.manual_seed(seed)
+        rand = torch.empty((x.numel() + 7) // 8, dtype=torch.uint8).random_()
+        return x * ((rand.long().unsqueeze(1) >> torch.arange(8)) & 1).flatten()[:x.numel()].view_as(x) * 2.0
+
+    d = Dropout(0.5).train()
+    x = torch.rand(64, 1001)
+    for seed in (1, 2, 3):  # the second and third calls reuse the first one's storage
+        torch.manual_seed(seed)
+        assert torch.equal(d(x), fresh(x, seed))
+    d.inplace = True
+    y = x.clone()
+    torch.manual_seed(4)
+    assert d(y) is y and torch.equal(y, fresh(x, 4))  # overwritten, the same values
+    # a mask autograd keeps is never reused: two forwards, then both backwards
+    a, b = torch.rand(8, 9, requires_grad=True), torch.rand(8, 9, requires_grad=True)
+    out_a, out_b = d(a), d(b)
+    assert out_a.data_ptr() != a.data_ptr()  # never in place on a tracked input
+    (out_a.sum() + out_b.sum()).backward()
+    assert torch.equal(a.grad, out_a.detach() / a.detach()) and torch.equal(b.grad, out_b.detach() / b.detach())
 
 
 def test_features_are_the_flattened_nchw_block_outputs():

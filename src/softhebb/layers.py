@@ -318,24 +318,38 @@ class Dropout(nn.Module):
     24,576-dim features. With p = 0.5 every random bit is an exact Bernoulli(0.5) draw, so one
     random byte yields eight mask entries (expanded through a 256-row lookup table). Other p use
     F.dropout. The distribution is the same as nn.Dropout's; the random stream differs.
+    ``inplace``: overwrite the input, as nn.Dropout(inplace=True) does (never for an input autograd tracks).
     """
 
-    def __init__(self, p: float = 0.5) -> None:
+    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
         super().__init__()
         _check(0.0 <= p < 1.0, f"dropout p must be in [0, 1), got {p}")
-        self.p = float(p)
+        self.p, self.inplace = float(p), inplace
         bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
         self.register_buffer("_table", bits.float() * 2.0, persistent=False)  # kept entries scaled by 1/(1−p)
+        self._bytes: torch.Tensor | None = None  # mask storage reused from call to call: fresh 6 MB tensors
+        self._mask: torch.Tensor | None = None  # cost the probe more than the multiply itself
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
+        tracked = torch.is_grad_enabled() and x.requires_grad  # then autograd keeps the mask: it must be a new one
         if self.p != 0.5:
-            return F.dropout(x, self.p, True)
+            return F.dropout(x, self.p, True, self.inplace and not tracked)
         n = x.numel()
-        rand = torch.empty((n + 7) // 8, dtype=torch.uint8, device=x.device).random_()
-        mask = self._table.to(x.dtype).index_select(0, rand.long()).view(-1)[:n].view_as(x)  # 4x faster than [...]
-        return x * mask
+        k = (n + 7) // 8
+        if tracked or self._bytes is None or self._bytes.numel() != k or self._mask.device != x.device \
+                or self._mask.dtype != x.dtype:
+            rand = torch.empty(k, dtype=torch.uint8, device=x.device)
+            mask = torch.empty(k, 8, dtype=x.dtype, device=x.device)
+            if not tracked:
+                self._bytes, self._mask = rand, mask
+        else:
+            rand, mask = self._bytes, self._mask
+        rand.random_()
+        torch.index_select(self._table.to(x.dtype), 0, rand.long(), out=mask)  # 4x faster than [...]
+        mask = mask.view(-1)[:n].view_as(x)
+        return x.mul_(mask) if self.inplace and not tracked else x * mask
 
     def extra_repr(self) -> str:
         return f"p={self.p:g}"

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from .augment import augment_batch, crop_flip, normalize
 from .data import DatasetLike
+from .layers import Dropout
 from .network import SoftHebbNet
 
 if TYPE_CHECKING:
@@ -421,7 +422,7 @@ def train_probe(
     first, result = 1, {}  # type: tuple[int, dict[str, float]]
     if start is not None:
         first, result = restore_epoch_state(start, opt, sched, gen, device)
-    with _progress(epochs, "probe", progress, unit="epoch") as bar:
+    with _progress(epochs, "probe", progress, unit="epoch") as bar, _overwriting(model.dropout):
         bar.update(first - 1)
         for epoch in range(first, epochs + 1):
             model.dropout.train()
@@ -464,6 +465,16 @@ def train_probe(
             bar.update(1)
     model.eval()
     return result
+
+
+@contextlib.contextmanager
+def _overwriting(dropout: Dropout) -> Iterator[None]:
+    """The probe's rows are new tensors (gathered or computed per batch): its dropout may overwrite them."""
+    before, dropout.inplace = dropout.inplace, True
+    try:
+        yield
+    finally:
+        dropout.inplace = before
 
 
 def epoch_state(epoch: int, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
