@@ -193,3 +193,18 @@ def test_diagnose_features_script_reports_winners_and_probes(data_root, tmp_path
     lines = out.stdout.splitlines()
     assert [line.split(":")[0] for line in lines[:2]] == ["block 0", "block 1"] and "neurons win somewhere" in lines[0]
     assert sum(line.startswith("probe on ") for line in lines) == 4
+
+
+def test_repool_probe_script_reproduces_the_run_with_its_own_pool(data_root, tmp_path):
+    """scripts/repool_probe.py (the MNIST last-pool screen in docs/RESULTS.md): the run's own pool gives the run's
+    own result exactly; another pool gives another feature count."""
+    result = run(RunConfig(preset="3SoftHebbCnnCIFAR", dataset="mnist", train_limit=300, test_limit=200, probe_epochs=2),
+                 tmp_path / "r", data_root, progress=False, echo=False)
+    script = Path(__file__).parents[1] / "scripts" / "repool_probe.py"
+    env = {**os.environ, "SOFTHEBB_DATA": str(data_root)}
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "r"), "max_4_2_1", "avg_2_2_1"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    own, other = (json.loads(line) for line in out.stdout.splitlines())
+    assert (own["test_acc"], own["test_loss"]) == (result["test_acc"], result["test_loss"])
+    assert (own["features"], other["features"]) == (384 * 7 * 7, 384 * 8 * 8)
