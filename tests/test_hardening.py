@@ -167,6 +167,14 @@ def test_interrupted_backprop_run_resumes_to_the_same_weights(fake, tmp_path, mo
     assert res["resumed_from"] == {"phase": "backprop", **crash_at}
 
 
+def test_interrupted_hybrid_run_resumes_to_the_same_weights(fake, tmp_path, monkeypatch):
+    res = crash_then_resume(cfg(mode="hybrid"), tmp_path, monkeypatch, 1,
+                            lambda state: state["phase"] == "hybrid" and state["hybrid"]["epoch"] == 2)
+    assert res["resumed_from"] == {"phase": "hybrid", "epoch": 2}
+    per_batch = [r for r in rows(tmp_path / "cut") if "seen" in r]
+    assert [r["seen"] for r in per_batch] == [120 * e + min(16 * (b + 1), 120) for e in range(4) for b in range(8)]
+
+
 @pytest.mark.parametrize("preset", [TINY, TINY_BP])
 def test_checkpointing_does_not_change_the_run(fake, tmp_path, preset):
     """`softhebb reproduce` checkpoints every run; its results must be those of a plain `softhebb train`."""

@@ -182,3 +182,16 @@ def test_an_interrupted_reproduction_continues_each_run_from_its_checkpoint(data
     for r in cut:
         result = json.loads((Path(r["run_dir"]) / "result.json").read_text())
         assert result["resumed_from"]["epoch"] == 2, result.get("resumed_from")
+
+
+def test_curve_experiments_plot_every_runs_per_batch_column(tmp_path):
+    pytest.importorskip("matplotlib")
+    rows = []
+    for method in ("norm-dependent", "linear decay"):
+        run_dir = tmp_path / method
+        run_dir.mkdir()
+        per_batch = [json.dumps({"phase": "hybrid", "seen": 50 * (b + 1), "r1_0": b % 7}) for b in range(120)]
+        (run_dir / "metrics.jsonl").write_text("\n".join(per_batch + [json.dumps({"phase": "hybrid", "test_acc": 50.0})]))
+        rows.append({"method": method, "seed": 0, "run_dir": str(run_dir)})
+    reproduce._plot_curves(reproduce.EXPERIMENTS["figB3b"], tmp_path, rows)
+    assert (tmp_path / "figB3b-curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -102,6 +102,10 @@ def test_bad_config_values_are_rejected():
         RunConfig(hebb_batch=0)
     with pytest.raises(RunError, match="'dataset'"):
         RunConfig(dataset="imagenet-21k")
+    for hybrid in ({"precision": "bf16"}, {"dataset": "stl10", "preset": "5SoftHebbCnnSTL"}, {"hebb_epochs": 0},
+                   {"preset": "2CnnCIFAR"}, {"probe_augment": "shift"}):
+        with pytest.raises(RunError, match="hybrid needs an in-memory dataset"):
+            RunConfig(mode="hybrid", **hybrid)
 
 
 def test_bad_preset_values_fail_before_anything_is_written(tmp_path, capsys):

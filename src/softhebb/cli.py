@@ -63,8 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", default="cifar10", choices=sorted(DATASETS), help="dataset to train and test on")
     t.add_argument("--preset", default=None, help="network preset (see `softhebb presets`); default: "
                    + ", ".join(f"{k}: {v}" for k, v in DEFAULT_PRESET.items()))
-    t.add_argument("--mode", default="successive", choices=["successive", "simultaneous"],
-                   help="successive: train Hebbian layers one after another (the paper); simultaneous: all in one pass")
+    t.add_argument("--mode", default="successive", choices=["successive", "simultaneous", "hybrid"],
+                   help="successive: train Hebbian layers one after another (the paper); simultaneous: all in one pass; "
+                   "hybrid: Hebbian updates and classifier steps from the same batches, for --probe-epochs at --probe-batch "
+                   "(the original's 'simultaneous' mode, Fig. B.3.B)")
     t.add_argument("--seed", type=int, default=0, help="sets the initial weights, data order and dropout masks")
     t.add_argument("--hebb-epochs", type=int, default=1, help="Hebbian epochs per layer (0 = random untrained features)")
     t.add_argument("--hebb-batch", type=int, default=None,
@@ -96,7 +98,8 @@ def _parser() -> argparse.ArgumentParser:
                    "(also caps the Hebbian split where it is another one, e.g. STL-10's unlabeled images)")
     t.add_argument("--test-limit", type=int, default=None, help="use a seeded random subset of N test images")
     t.add_argument("--data-dir", default=None, help=f"data root (default: ${DATA_ENV}, else ~/.cache/softhebb/data)")
-    t.add_argument("--out", default=None, help="run directory (default: runs/<dataset>-<preset>-s<seed>; with options other than the dataset's protocol, runs/<dataset>-<preset>-<digest of the options>-s<seed>)")
+    t.add_argument("--out", default=None, help="run directory (default: runs/<dataset>-<preset>-s<seed>; with options "
+                   "other than the dataset's protocol, runs/<dataset>-<preset>-<digest of the options>-s<seed>)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     t.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: PyTorch's choice)")

@@ -53,6 +53,7 @@ class Experiment:
     default_seeds: int = 4
     extra: tuple[str, ...] = field(default=())  # additional result fields to tabulate (e.g. "r1")
     log_x: bool = False
+    curve: str | None = None  # a per-batch metrics column to plot against examples seen, one line per run
 
 
 # -- paper numbers (reference §7.2) -------------------------------------------------------------
@@ -152,6 +153,12 @@ def _table2(dataset: str) -> list[Cell]:
             Cell("random", "5 hidden", {"preset": "6SoftHebbCnnImNet", "hebb_epochs": 0})]
 
 
+def _convergence(dataset: str) -> list[Cell]:
+    hybrid = {"mode": "hybrid", "probe_epochs": 1, "probe_batch": 50}  # the original's CIFAR10_1-50
+    return [Cell("norm-dependent", "radius-dependent rate", {"preset": "2HardCnnCIFAR_speed", **hybrid}),
+            Cell("linear decay", "linear-decay rate", {"preset": "2HardCnnCIFA_speed_linearDecay", **hybrid})]
+
+
 def _core(dataset: str) -> list[Cell]:
     """The headline numbers: the CIFAR-10 depth series and our MNIST CNN presets (the paper ships none)."""
     presets = {"cifar10": [("2SoftHebbCnnCIFAR", 71.11), ("3SoftHebbCnnCIFAR", 77.70), ("4SoftHebbCnnCIFAR", 80.31)],
@@ -173,6 +180,9 @@ EXPERIMENTS: dict[str, Experiment] = {e.name: e for e in [
                _regimes("4SoftHebbCnnCIFAR"), default_seeds=3, extra=("r1",), log_x=True),
     Experiment("figB3a", "Fig. B.3.A: initial radius, MNIST 2000-neuron MLP", "initial radius", ("mnist",), _radius,
                default_seeds=3, log_x=True),
+    Experiment("figB3b", "Fig. B.3.B: convergence speed, Hard-WTA 1 hidden layer trained in hybrid mode "
+               "(R1 features vs examples seen)", "rate schedule", ("cifar10",), _convergence, default_seeds=1,
+               extra=("r1",), curve="r1_0"),
     Experiment("figB4", "Fig. B.4: first-layer neuron count, 3 hidden layers", "first-layer neurons", ("cifar10",), _neurons),
     Experiment("table1", "Table 1: SoftHebb vs backprop, CIFAR-10, 3 hidden layers", "network", ("cifar10",), _table1),
     Experiment("table2", "Table 2: STL-10 and ImageNet", "network", ("stl10", "imagenet"), _table2, default_seeds=1),
@@ -344,15 +354,56 @@ def _write_outputs(exp: Experiment, root: Path, rows: list[dict]) -> None:
                      f"{_fmt(s['paper'])} | {_fmt(s['diff'], '+.2f')} |" + "".join(f" {_fmt(s[k], '.1f')} |" for k in extra))
     atomic_write(root / f"{exp.name}.md", "\n".join(lines) + "\n")
     _plot(exp, root, summary)
+    if exp.curve:
+        _plot_curves(exp, root, rows)
 
 
-def _plot(exp: Experiment, root: Path, summary: list[dict]) -> None:
+def _pyplot(root: Path, name: str) -> Any:
+    """matplotlib.pyplot, or None (and a note where the plot would be) when it is not installed."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        (root / f"{exp.name}.png.missing").write_text("pip install matplotlib (or softhebb[analysis]) to get the plot\n")
+        (root / f"{name}.png.missing").write_text("pip install matplotlib (or softhebb[analysis]) to get the plot\n")
+        return None
+    return plt
+
+
+def _save(plt: Any, fig: Any, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _plot_curves(exp: Experiment, root: Path, rows: list[dict]) -> None:
+    """Every run's per-batch ``exp.curve`` against examples seen, as a moving average over max(50, batches/30)
+    batches (the paper's smoothing for Fig. B.3.B)."""
+    plt = _pyplot(root, f"{exp.name}-curves")
+    if plt is None:
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        lines = (Path(r["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+        points = [p for p in map(json.loads, lines) if exp.curve in p]
+        window = min(len(points), max(50, len(points) // 30))
+        if not window:
+            continue
+        values = torch.tensor([float(p[exp.curve]) for p in points])
+        smooth = values.unfold(0, window, 1).mean(1)
+        ax.plot([p["seen"] for p in points][window - 1:], smooth.tolist(), label=f"{r['method']} (seed {r['seed']})")
+    ax.set_xlabel("training examples seen")
+    ax.set_ylabel(f"{exp.curve}, moving average")
+    ax.legend(fontsize=7)
+    ax.set_title(exp.title, fontsize=8)
+    fig.tight_layout()
+    _save(plt, fig, root / f"{exp.name}-curves.png")
+
+
+def _plot(exp: Experiment, root: Path, summary: list[dict]) -> None:
+    plt = _pyplot(root, exp.name)
+    if plt is None:
         return
     datasets = sorted({s["dataset"] for s in summary})
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
@@ -379,7 +430,4 @@ def _plot(exp: Experiment, root: Path, summary: list[dict]) -> None:
         ax.legend(fontsize=7)
     fig.suptitle(exp.title, fontsize=9)
     fig.tight_layout()
-    tmp = root / f".{exp.name}.png.tmp"
-    fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    tmp.replace(root / f"{exp.name}.png")
+    _save(plt, fig, root / f"{exp.name}.png")

@@ -44,10 +44,11 @@ from .network import SoftHebbNet, build_model, feature_shapes, get_preset, resol
 from .baselines import BP_MODES, RANDOM_BN, calibrate_batchnorm, train_backprop
 from .augment import BATCH_AUGMENTATIONS
 from .train import (MODES, PRECISIONS, Augment, NonFiniteError, StreamedFeatures, evaluate, extract_features,
-                    hebbian_phase, train_probe)
+                    hebbian_phase, train_hybrid, train_probe)
 
 CHECKPOINT = "checkpoint.safetensors"
 IN_MEMORY = ("mnist", "fashion-mnist", "cifar10", "cifar100")  # held as uint8 tensors; features once unless augmented
+RUN_MODES = (*MODES, "hybrid")
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ class RunConfig:
              f"None or one of {PROBE_AUGMENTS}")
         if self.probe_augmentation == self.protocol.probe_augment:
             self.probe_augment = None  # the protocol's own: the same run, under the same name
-        need(self.mode in MODES, "mode", f"one of {MODES}")
+        need(self.mode in RUN_MODES, "mode", f"one of {RUN_MODES}")
         for f in ("hebb_epochs", "probe_epochs"):
             need(isinstance(getattr(self, f), int) and getattr(self, f) >= 0, f, "an integer >= 0")
         for f in ("hebb_batch", "probe_batch", "eval_every"):
@@ -151,6 +152,12 @@ class RunConfig:
             raise RunError(f"preset {preset['name']!r} mixes backprop ('rule': 'bp') and Hebbian blocks; "
                            "a run trains either all blocks by backprop or all by the Hebbian rule")
         feature_shapes(preset, DATASETS[self.dataset].shape)  # bad groups or too small an input → PresetError here
+        if self.mode == "hybrid":  # train_hybrid: images in memory, fp32, Hebbian blocks that learn
+            need(self.dataset in IN_MEMORY and not self.probe_augmentation and self.precision == "fp32"
+                 and self.hebb_epochs > 0 and not self.backprop, "mode",
+                 f"successive or simultaneous for this run: hybrid needs an in-memory dataset ({', '.join(IN_MEMORY)}), "
+                 "no probe augmentation, fp32, a Hebbian preset and hebb_epochs > 0 (it runs probe_epochs epochs at "
+                 "probe_batch)")
 
     @property
     def protocol(self) -> Protocol:
@@ -314,7 +321,7 @@ def _unpack(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-_PHASE_STATE = {"hebbian": "position", "probe": "probe", "backprop": "backprop"}  # where each phase keeps its place
+_PHASE_STATE = {"hebbian": "position", "probe": "probe", "backprop": "backprop", "hybrid": "hybrid"}  # where each phase keeps its place
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -376,7 +383,8 @@ def run_name(cfg: RunConfig, short_if_default: bool = False) -> str:
     name and changed options never reuse one. ``short_if_default``: ``<dataset>-<preset>-s<seed>`` for a
     run with the dataset's protocol and the preset as it is (only its device may differ)."""
     preset = get_preset(cfg.preset)["name"]
-    if short_if_default and dataclasses.replace(cfg, device="auto", workers=None) == RunConfig(cfg.preset, cfg.dataset, seed=cfg.seed):
+    plain = RunConfig(cfg.preset, cfg.dataset, seed=cfg.seed)
+    if short_if_default and dataclasses.replace(cfg, device="auto", workers=None) == plain:
         return f"{cfg.dataset}-{preset}-s{cfg.seed}"
     # workers never changes results; fields added later are left out at their default, so older runs keep their names
     fields = {k: v for k, v in dataclasses.asdict(cfg).items()
@@ -466,8 +474,8 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
     par = distributed.current()
     lead = par is None or par.rank == 0
     preset = cfg.resolved_preset()
-    if cfg.backprop and par is not None:
-        raise RunError("backprop presets are trained in one process (not under torchrun)")
+    if (cfg.backprop or cfg.mode == "hybrid") and par is not None:
+        raise RunError("backprop presets and hybrid runs are trained in one process (not under torchrun)")
     ckpt = _on_rank0(par, lambda: _open_run_dir(out, cfg, preset, overwrite, resume))
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
@@ -551,6 +559,12 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
                                    progress=progress, workers=workers,
                                    checkpoint=(lambda state: checkpoint("backprop", state)) if every else None,
                                    start=ckpt["backprop"] if ckpt else None)
+            t_hebb = t_feat = t_data
+        elif cfg.mode == "hybrid":  # Hebbian updates and classifier steps from the same batches (Fig. B.3.B)
+            probe = train_hybrid(model, x_train, y_train, x_test, y_test, cfg.probe_epochs, cfg.probe_batch, cfg.probe_lr,
+                                 cfg.seed, log, progress and lead,
+                                 checkpoint=(lambda state: checkpoint("hybrid", state)) if every else None,
+                                 start=ckpt["hybrid"] if ckpt else None)
             t_hebb = t_feat = t_data
         else:
             if ckpt is None or ckpt["phase"] == "hebbian":

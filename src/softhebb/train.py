@@ -28,7 +28,7 @@ from .network import SoftHebbNet
 if TYPE_CHECKING:
     from .distributed import Parallel
 
-MODES = ("successive", "simultaneous")
+MODES = ("successive", "simultaneous")  # of hebbian_phase; runs also have "hybrid" (train_hybrid)
 Logger = Callable[[dict], None]
 Checkpoint = Callable[[dict], None]
 
@@ -463,6 +463,82 @@ def train_probe(
                 checkpoint(epoch_state(epoch, opt, sched, gen, device, result))
             bar.set_postfix(train_acc=f"{row['train_acc']:.2f}", test_acc=f"{result.get('test_acc', float('nan')):.2f}")
             bar.update(1)
+    model.eval()
+    return result
+
+
+def train_hybrid(
+    model: SoftHebbNet,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    epochs: int = 1,
+    batch_size: int = 50,
+    lr: float = 1e-3,
+    seed: int = 0,
+    log: Logger | None = None,
+    progress: bool = True,
+    checkpoint: Checkpoint | None = None,
+    start: dict | None = None,
+) -> dict[str, float]:
+    """The original's hybrid ("simultaneous") mode of Fig. B.3.B: every batch gives each Hebbian block its update
+    and the classifier an Adam step, from the same forward pass.
+
+    All blocks are in training mode (BatchNorms use batch statistics); the Hebbian updates are those of
+    ``hebbian_phase(mode="simultaneous")`` on the same batches, whatever the classifier does, because no gradient
+    reaches Hebbian weights. One log row per batch (examples seen, batch loss and accuracy, each Hebbian block's R1,
+    convergence and mean rate: the figure's data) and one per epoch with the test accuracy. ``checkpoint`` and
+    ``start`` work per epoch, as in ``train_probe``.
+    """
+    device, n = _device(model), labels.numel()
+    for x, y, name in ((images, labels, "train"), (test_images, test_labels, "test")):
+        if len(x) != y.numel():
+            raise ValueError(f"{name}: {len(x)} images but {y.numel()} labels")
+    hebb = model.hebbian_block_indices()
+    for i in hebb:
+        model.blocks[i].layer.total_updates = epochs * math.ceil(n / batch_size)
+        model.blocks[i].layer.zero_pending()
+    opt = torch.optim.Adam(model.classifier.parameters(), lr=lr, fused=True)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=step_lr_milestones(epochs), gamma=0.5)
+    gen = torch.Generator().manual_seed(seed)  # the data order of hebbian_phase with this seed
+    torch.manual_seed(seed)  # dropout masks
+    first, result = 1, {}  # type: tuple[int, dict[str, float]]
+    if start is not None:
+        first, result = restore_epoch_state(start, opt, sched, gen, device)
+    seen = (first - 1) * n
+    with _progress(epochs * n, "hybrid", progress) as bar:
+        bar.update(seen)
+        for epoch in range(first, epochs + 1):
+            model.train()
+            for idx in _batches(torch.randperm(n, generator=gen), batch_size):
+                x, y = load_batch(images, idx, device), labels[idx.to(labels.device)]
+                with torch.no_grad():
+                    features = model.features(x)  # the Hebbian layers accumulate their Σỹx, Σỹu here
+                logits = model.head(features)
+                loss = F.cross_entropy(logits, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                for i in hebb:
+                    model.blocks[i].layer.step()
+                seen += idx.numel()
+                if log:
+                    row = {"phase": "hybrid", "epoch": epoch, "seen": seen, "loss": loss.item(),
+                           "acc": 100.0 * int((logits.detach().argmax(1) == y).sum()) / y.numel()}
+                    for i in hebb:
+                        stats = model.blocks[i].layer.stats()
+                        row |= {f"{k}_{i}": stats[k] for k in ("r1", "convergence", "lr_mean")}
+                    log(row)
+                bar.update(idx.numel())
+            sched.step()
+            test = evaluate(model, extract_features(model, test_images), test_labels)
+            result = {"test_acc": test["acc"], "test_loss": test["loss"]}
+            if log:
+                log({"phase": "hybrid", "epoch": epoch, "test_loss": test["loss"], "test_acc": test["acc"]})
+            if checkpoint:
+                checkpoint(epoch_state(epoch, opt, sched, gen, device, result))
+            bar.set_postfix(test_acc=f"{test['acc']:.2f}")
     model.eval()
     return result
 
