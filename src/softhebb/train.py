@@ -497,7 +497,7 @@ def train_hybrid(
             raise ValueError(f"{name}: {len(x)} images but {y.numel()} labels")
     hebb = model.hebbian_block_indices()
     for i in hebb:
-        model.blocks[i].layer.total_updates = epochs * math.ceil(n / batch_size)
+        model.blocks[i].layer.total_updates = epochs * n / batch_size  # as in hebbian_phase
         model.blocks[i].layer.zero_pending()
     opt = torch.optim.Adam(model.classifier.parameters(), lr=lr, fused=True)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=step_lr_milestones(epochs), gamma=0.5)
