@@ -24,6 +24,7 @@ import math
 import multiprocessing
 import os
 import statistics
+import textwrap
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -394,9 +395,9 @@ def _plot_curves(exp: Experiment, root: Path, rows: list[dict]) -> None:
         smooth = values.unfold(0, window, 1).mean(1)
         ax.plot([p["seen"] for p in points][window - 1:], smooth.tolist(), label=f"{r['method']} (seed {r['seed']})")
     ax.set_xlabel("training examples seen")
-    ax.set_ylabel(f"{exp.curve}, moving average")
+    ax.set_ylabel(f"{exp.curve} (moving average over max(50, batches/30) batches)", fontsize=8)
     ax.legend(fontsize=7)
-    ax.set_title(exp.title, fontsize=8)
+    ax.set_title(textwrap.fill(exp.title, 70), fontsize=8)
     fig.tight_layout()
     _save(plt, fig, root / f"{exp.name}-curves.png")
 
