@@ -22,8 +22,7 @@ import torch.nn.functional as F
 
 from .network import SoftHebbNet
 from .train import (Augment, Images, Logger, StreamedFeatures, _batches, _device, _inputs_in_order, _progress,
-                    batch_seed, epoch_state, evaluate, extract_features, iterate_batches, restore_epoch_state,
-                    step_lr_milestones)
+                    adam_epochs, batch_seed, epoch_state, evaluate, extract_features, iterate_batches)
 
 BP_MODES = ("end-to-end", "layerwise")
 RANDOM_BN = ("identity", "data")
@@ -37,13 +36,9 @@ def _bp_epochs(model: SoftHebbNet, trained: list[nn.Module], images: Images, lab
 
     ``checkpoint(state)`` after every epoch; ``start``: such a state to continue from (weights restored by the caller).
     """
-    opt = torch.optim.Adam([p for m in trained for p in m.parameters()], lr=lr, fused=True)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=step_lr_milestones(epochs), gamma=0.5)
-    device, n, result = _device(model), len(images), {}
-    gen = torch.Generator().manual_seed(seed)
-    first = 1
-    if start is not None:
-        first, result = restore_epoch_state(start, opt, sched, gen, device)
+    device, n = _device(model), len(images)
+    opt, sched, gen, first, result = adam_epochs([p for m in trained for p in m.parameters()], lr, epochs, seed, device,
+                                                 start)
     with _progress(epochs, name, progress, unit="epoch") as bar:
         bar.update(first - 1)
         for epoch in range(first, epochs + 1):

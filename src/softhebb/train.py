@@ -14,7 +14,7 @@ import math
 from collections import Counter
 import sys
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -413,15 +413,10 @@ def train_probe(
     head = model.classifier
     forward = parallel.wrap_head(model) if parallel is not None else model.head
     world = parallel.world_size if parallel is not None else 1
-    opt = torch.optim.Adam(head.parameters(), lr=lr, fused=True)  # one kernel per step: the probe is overhead-bound
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=step_lr_milestones(epochs), gamma=0.5)
-    gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed + (parallel.rank << 20 if parallel is not None else 0))  # dropout masks, different per rank
     device = train_features.device
     n = train_features.shape[0] if parallel is None else parallel.total(train_features.shape[0], device)
-    first, result = 1, {}  # type: tuple[int, dict[str, float]]
-    if start is not None:
-        first, result = restore_epoch_state(start, opt, sched, gen, device)
+    opt, sched, gen, first, result = adam_epochs(head.parameters(), lr, epochs, seed, device, start)
     with _progress(epochs, "probe", progress, unit="epoch") as bar, _overwriting(model.dropout):
         bar.update(first - 1)
         for epoch in range(first, epochs + 1):
@@ -499,13 +494,9 @@ def train_hybrid(
     for i in hebb:
         model.blocks[i].layer.total_updates = epochs * n / batch_size  # as in hebbian_phase
         model.blocks[i].layer.zero_pending()
-    opt = torch.optim.Adam(model.classifier.parameters(), lr=lr, fused=True)
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=step_lr_milestones(epochs), gamma=0.5)
-    gen = torch.Generator().manual_seed(seed)  # the data order of hebbian_phase with this seed
     torch.manual_seed(seed)  # dropout masks
-    first, result = 1, {}  # type: tuple[int, dict[str, float]]
-    if start is not None:
-        first, result = restore_epoch_state(start, opt, sched, gen, device)
+    # gen: the data order of hebbian_phase with this seed
+    opt, sched, gen, first, result = adam_epochs(model.classifier.parameters(), lr, epochs, seed, device, start)
     seen = (first - 1) * n
     with _progress(epochs * n, "hybrid", progress) as bar:
         bar.update(seen)
@@ -551,6 +542,20 @@ def _overwriting(dropout: Dropout) -> Iterator[None]:
         yield
     finally:
         dropout.inplace = before
+
+
+def adam_epochs(params: Iterable[torch.nn.Parameter], lr: float, epochs: int, seed: int, device: torch.device,
+                start: dict | None) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler, torch.Generator,
+                                             int, dict[str, float]]:
+    """What a supervised loop (probe, hybrid, backprop) steps with: Adam (fused: one kernel per step, these loops
+    are overhead-bound), the paper's step-halving schedule and a data-order generator seeded with ``seed``;
+    continued from ``start`` (an ``epoch_state``) when given. Returns them with the first epoch to run and the
+    result so far. Seed the global RNG (dropout masks) before calling: ``start`` restores it."""
+    opt = torch.optim.Adam(params, lr=lr, fused=True)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=step_lr_milestones(epochs), gamma=0.5)
+    gen = torch.Generator().manual_seed(seed)
+    first, result = restore_epoch_state(start, opt, sched, gen, device) if start is not None else (1, {})
+    return opt, sched, gen, first, result
 
 
 def epoch_state(epoch: int, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
