@@ -19,7 +19,7 @@ import torch
 
 from softhebb.data import load_dataset
 from softhebb.network import SoftHebbNet, _parse_pool, resolve_preset
-from softhebb.run import _subset, load_run
+from softhebb.run import IN_MEMORY, _subset, load_run
 from softhebb.train import as_input, train_probe
 
 
@@ -32,6 +32,10 @@ def main() -> None:
     a = ap.parse_args()
     model, config = load_run(a.run_dir)
     run = config["run"]
+    if run["dataset"] not in IN_MEMORY or run.get("probe_augment") not in (None, "none") or \
+            run.get("precision", "fp32") != "fp32" or run["mode"] == "hybrid" or not model.hebbian_block_indices():
+        raise SystemExit(f"{a.run_dir}: this script re-probes fp32 features computed once, so it takes Hebbian "
+                         f"successive/simultaneous runs on {', '.join(IN_MEMORY)} without probe augmentation only")
     pools = [_parse_pool(p) for p in a.pools]
     *front, last = model.blocks
     split_features = {}

@@ -248,6 +248,14 @@ def test_nonfinite_run_keeps_the_last_good_checkpoint_and_writes_no_result(fake,
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
 
 
+def test_nonfinite_hybrid_run_stops_before_saving_a_result(fake, tmp_path):
+    fake["preset"] = exploding(0)
+    out = tmp_path / "nan"
+    with pytest.raises(RunError, match=r"block 0 .*batch 2/8 in epoch 1 made its weights NaN or Inf"):
+        run(cfg(mode="hybrid"), out, progress=False, echo=False, checkpoint_every=1)
+    assert not (out / "result.json").exists() and not (out / CHECKPOINT).exists()  # epoch 1 never looked finished
+
+
 # -- absurd settings ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("change,match", [

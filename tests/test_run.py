@@ -103,7 +103,7 @@ def test_bad_config_values_are_rejected():
     with pytest.raises(RunError, match="'dataset'"):
         RunConfig(dataset="imagenet-21k")
     for hybrid in ({"precision": "bf16"}, {"dataset": "stl10", "preset": "5SoftHebbCnnSTL"}, {"hebb_epochs": 0},
-                   {"preset": "2CnnCIFAR"}, {"probe_augment": "shift"}):
+                   {"preset": "2CnnCIFAR"}, {"probe_augment": "shift"}, {"probe_epochs": 0}):
         with pytest.raises(RunError, match="hybrid needs an in-memory dataset"):
             RunConfig(mode="hybrid", **hybrid)
 
@@ -129,6 +129,9 @@ def test_default_run_directories_of_variants_do_not_collide():
     variants = [{}, {"hebb_epochs": 0}, {"precision": "bf16"}, {"block_overrides": {"t_invert": 0.5}}, {"probe_lr": 3e-4},
                 {"hebb_epochs": 0, "random_bn": "data"}]
     assert len({name(**v) for v in variants}) == len(variants)
+    assert name(hebb_epochs=2, device="cpu") == name(hebb_epochs=2)  # --resume on another device finds the run
+    # a preset that fits MNIST only with its override is named, not refused
+    assert name(preset="6SoftHebbCnnImNet", dataset="mnist", block_overrides={"padding": 2}).startswith("mnist-6SoftHebb")
 
 
 def test_eval_refuses_a_dataset_with_other_classes_or_an_empty_subset(tmp_path, monkeypatch):

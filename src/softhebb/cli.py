@@ -65,8 +65,9 @@ def _parser() -> argparse.ArgumentParser:
                    + ", ".join(f"{k}: {v}" for k, v in DEFAULT_PRESET.items()))
     t.add_argument("--mode", default="successive", choices=["successive", "simultaneous", "hybrid"],
                    help="successive: train Hebbian layers one after another (the paper); simultaneous: all in one pass; "
-                   "hybrid: Hebbian updates and classifier steps from the same batches, for --probe-epochs at --probe-batch "
-                   "(the original's 'simultaneous' mode, Fig. B.3.B)")
+                   "hybrid: Hebbian updates and classifier steps from the same batches, for --probe-epochs at --probe-batch, "
+                   "tested after every epoch (the original's 'simultaneous' mode, Fig. B.3.B; --hebb-batch and "
+                   "--eval-every do not apply)")
     t.add_argument("--seed", type=int, default=0, help="sets the initial weights, data order and dropout masks")
     t.add_argument("--hebb-epochs", type=int, default=1, help="Hebbian epochs per layer (0 = random untrained features)")
     t.add_argument("--hebb-batch", type=int, default=None,
@@ -107,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="processes decoding image-folder datasets (ImageNette, ImageNet); default: up to 8")
     t.add_argument("--no-progress", action="store_true", help="hide progress bars")
     t.add_argument("--checkpoint-every", type=int, default=0, metavar="N",
-                   help="checkpoint every N Hebbian batches and after every probe or backprop epoch (0 = never)")
+                   help="checkpoint every N Hebbian batches and after every probe, backprop or hybrid epoch (0 = never)")
     t.add_argument("--resume", action="store_true", help="continue the unfinished run in --out from its checkpoint "
                    "(same options as when it started); reaches the same weights as an uninterrupted run")
 

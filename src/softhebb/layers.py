@@ -318,7 +318,7 @@ class Dropout(nn.Module):
     24,576-dim features. With p = 0.5 every random bit is an exact Bernoulli(0.5) draw, so one
     random byte yields eight mask entries (expanded through a 256-row lookup table). Other p use
     F.dropout. The distribution is the same as nn.Dropout's; the random stream differs.
-    ``inplace``: overwrite the input, as nn.Dropout(inplace=True) does (never for an input autograd tracks).
+    ``inplace``: with p = 0.5, overwrite the input, as nn.Dropout(inplace=True) does (never one autograd tracks).
     """
 
     def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
@@ -334,8 +334,8 @@ class Dropout(nn.Module):
         if not self.training or self.p == 0.0:
             return x
         tracked = torch.is_grad_enabled() and x.requires_grad  # then autograd keeps the mask: it must be a new one
-        if self.p != 0.5:
-            return F.dropout(x, self.p, True, self.inplace and not tracked)
+        if self.p != 0.5:  # out of place: CUDA's in-place dropout_ takes another kernel and draws other masks
+            return F.dropout(x, self.p, True)
         n = x.numel()
         k = (n + 7) // 8
         if tracked or self._bytes is None or self._bytes.numel() != k or self._mask.device != x.device \

@@ -409,17 +409,19 @@ def _plot(exp: Experiment, root: Path, summary: list[dict]) -> None:
     datasets = sorted({s["dataset"] for s in summary})
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
+        labels = list(dict.fromkeys(s["x"] for s in summary if s["dataset"] == dataset))  # for x that are names
         for method in dict.fromkeys(s["method"] for s in summary if s["dataset"] == dataset):
             pts = [s for s in summary if s["dataset"] == dataset and s["method"] == method]
-            xs = list(range(len(pts))) if not all(isinstance(p["x"], (int, float)) for p in pts) else [p["x"] for p in pts]
+            numeric = all(isinstance(p["x"], (int, float)) for p in pts)
+            xs = [p["x"] if numeric else labels.index(p["x"]) for p in pts]
             line = ax.errorbar(xs, [p["mean"] for p in pts], yerr=[p["std"] for p in pts], marker="o", capsize=3,
                                label=f"{method} (ours)")
             paper = [(x, p["paper"]) for x, p in zip(xs, pts) if p["paper"] is not None]
             if paper:
                 ax.plot(*zip(*paper), linestyle="--", marker="x", color=line[0].get_color(), alpha=0.6,
                         label=f"{method} (paper)")
-            if xs and not isinstance(pts[0]["x"], (int, float)):
-                ax.set_xticks(xs, [str(p["x"]) for p in pts])
+            if not numeric:
+                ax.set_xticks(range(len(labels)), [str(x) for x in labels])
         if exp.log_x:
             ax.set_xscale("log")
         ints = sorted({s["x"] for s in summary if s["dataset"] == dataset})

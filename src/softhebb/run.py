@@ -2,7 +2,7 @@
 
 A run directory holds:
     config.json      the resolved configuration (preset with every default filled in)
-    metrics.jsonl    one JSON object per Hebbian epoch / probe epoch
+    metrics.jsonl    one JSON object per Hebbian epoch / probe epoch (hybrid runs: per batch, and per epoch)
     model.safetensors the trained weights (Hebbian weights, BatchNorm statistics, classifier)
     result.json      final test accuracy and wall times; its presence marks the run finished
     checkpoint.safetensors  while unfinished, with checkpointing on: everything needed to continue
@@ -40,7 +40,7 @@ from safetensors.torch import load_file, save
 from . import __version__, distributed
 from .data import DATASETS, load_dataset, random_subset, subset_indices
 from .layers import _HebbianLayer
-from .network import SoftHebbNet, build_model, feature_shapes, get_preset, resolve_preset
+from .network import PresetError, SoftHebbNet, build_model, feature_shapes, get_preset, resolve_preset
 from .baselines import BP_MODES, RANDOM_BN, calibrate_batchnorm, train_backprop
 from .augment import BATCH_AUGMENTATIONS
 from .train import (MODES, PRECISIONS, Augment, NonFiniteError, StreamedFeatures, evaluate, extract_features,
@@ -154,10 +154,10 @@ class RunConfig:
         feature_shapes(preset, DATASETS[self.dataset].shape)  # bad groups or too small an input → PresetError here
         if self.mode == "hybrid":  # train_hybrid: images in memory, fp32, Hebbian blocks that learn
             need(self.dataset in IN_MEMORY and not self.probe_augmentation and self.precision == "fp32"
-                 and self.hebb_epochs > 0 and not self.backprop, "mode",
+                 and self.hebb_epochs > 0 and self.probe_epochs > 0 and not self.backprop, "mode",
                  f"successive or simultaneous for this run: hybrid needs an in-memory dataset ({', '.join(IN_MEMORY)}), "
-                 "no probe augmentation, fp32, a Hebbian preset and hebb_epochs > 0 (it runs probe_epochs epochs at "
-                 "probe_batch)")
+                 "no probe augmentation, fp32, a Hebbian preset, hebb_epochs > 0 and probe_epochs > 0 (it runs "
+                 "probe_epochs epochs at probe_batch)")
 
     @property
     def protocol(self) -> Protocol:
@@ -193,15 +193,17 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # read once: changing it later, even briefly, would race with other threads creating files
+
+
 def atomic_write(path: Path, data: bytes | str) -> None:
     """Write to a temp file in the same folder, fsync, rename over ``path``, fsync the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
     try:
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 would hide shared results from other users
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide shared results from other users
             f.write(data.encode() if isinstance(data, str) else data)
             f.flush()
             os.fsync(f.fileno())
@@ -380,12 +382,16 @@ ADDED_FIELDS = {"probe_augment": None, "probe_dropout": None}
 
 def run_name(cfg: RunConfig, short_if_default: bool = False) -> str:
     """``<dataset>-<preset>-<digest>-s<seed>``, the digest of the whole configuration: identical runs share a
-    name and changed options never reuse one. ``short_if_default``: ``<dataset>-<preset>-s<seed>`` for a
-    run with the dataset's protocol and the preset as it is (only its device may differ)."""
+    name and changed options never reuse one. ``short_if_default`` (the CLI): ``<dataset>-<preset>-s<seed>`` for a
+    run with the dataset's protocol and the preset as it is, and the device left out of the digest."""
     preset = get_preset(cfg.preset)["name"]
-    plain = RunConfig(cfg.preset, cfg.dataset, seed=cfg.seed)
-    if short_if_default and dataclasses.replace(cfg, device="auto", workers=None) == plain:
-        return f"{cfg.dataset}-{preset}-s{cfg.seed}"
+    if short_if_default:  # the CLI's default: the same run directory whatever the device, so --resume finds it
+        cfg = dataclasses.replace(cfg, device="auto", workers=None)
+        try:
+            if cfg == RunConfig(cfg.preset, cfg.dataset, seed=cfg.seed):
+                return f"{cfg.dataset}-{preset}-s{cfg.seed}"
+        except (RunError, PresetError):
+            pass  # the preset alone does not fit this dataset: this run has overrides, so it is not the default
     # workers never changes results; fields added later are left out at their default, so older runs keep their names
     fields = {k: v for k, v in dataclasses.asdict(cfg).items()
               if k != "workers" and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
@@ -463,7 +469,7 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
     """Train and evaluate one configuration, writing its run directory. Returns the result dict.
 
     ``checkpoint_every`` > 0: a checkpoint every that many Hebbian batches and after every probe
-    (or backprop) epoch. ``resume``: continue an unfinished run directory from its checkpoint, to
+    (backprop, hybrid) epoch. ``resume``: continue an unfinished run directory from its checkpoint, to
     the same final weights as an uninterrupted run (the options must be those it was started with;
     a missing or empty directory just starts). Under torchrun (torch.distributed initialised) every rank
     trains its share (softhebb.distributed) and only rank 0 writes.

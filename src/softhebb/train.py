@@ -497,7 +497,8 @@ def train_hybrid(
     torch.manual_seed(seed)  # dropout masks
     # gen: the data order of hebbian_phase with this seed
     opt, sched, gen, first, result = adam_epochs(model.classifier.parameters(), lr, epochs, seed, device, start)
-    seen = (first - 1) * n
+    seen, n_batches = (first - 1) * n, math.ceil(n / batch_size)
+    update0 = [int(model.blocks[i].layer.num_updates) - (first - 1) * n_batches for i in hebb]  # to name a NaN's batch
     with _progress(epochs * n, "hybrid", progress) as bar:
         bar.update(seen)
         for epoch in range(first, epochs + 1):
@@ -523,6 +524,7 @@ def train_hybrid(
                     log(row)
                 bar.update(idx.numel())
             sched.step()
+            _check_finite(model, hebb, update0, n_batches)  # before anything is evaluated or saved
             test = evaluate(model, extract_features(model, test_images), test_labels)
             result = {"test_acc": test["acc"], "test_loss": test["loss"]}
             if log:
@@ -560,7 +562,7 @@ def adam_epochs(params: Iterable[torch.nn.Parameter], lr: float, epochs: int, se
 
 def epoch_state(epoch: int, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
                 gen: torch.Generator, device: torch.device, result: dict[str, float]) -> dict[str, Any]:
-    """What a checkpoint after ``epoch`` of a supervised loop (probe, backprop) needs to continue it exactly."""
+    """What a checkpoint after ``epoch`` of a supervised loop (probe, hybrid, backprop) needs to continue it exactly."""
     return {"epoch": epoch, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "generator": gen.get_state(), "rng": _rng_state(device), "result": result}
 

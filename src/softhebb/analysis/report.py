@@ -141,6 +141,10 @@ def analyze_dynamics(run_dir: str | os.PathLike, out: str | os.PathLike, data_di
     if not model.hebbian_block_indices():
         print(f"dynamics skipped for {run_dir}: {config['preset']['name']} has no Hebbian blocks")
         return {"rows": [], "files": []}
+    if config["run"]["mode"] == "hybrid":
+        print(f"dynamics skipped for {run_dir}: a hybrid run logs R1, convergence and rates after every batch in its "
+              "metrics.jsonl (softhebb reproduce figB3b plots them)")
+        return {"rows": [], "files": []}
     images = data[0] if data is not None else load_data(config, "train", data_dir, dataset, limit, seed)[0]
     r = config["run"]
     batch, epochs = r["hebb_batch"], max(1, r["hebb_epochs"])
