@@ -385,6 +385,7 @@ def _plot_curves(exp: Experiment, root: Path, rows: list[dict]) -> None:
     if plt is None:
         return
     fig, ax = plt.subplots(figsize=(6, 4))
+    colors = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(r["method"] for r in rows))}  # one per method
     for r in rows:
         lines = (Path(r["run_dir"]) / "metrics.jsonl").read_text().splitlines()
         points = [p for p in map(json.loads, lines) if exp.curve in p]
@@ -393,7 +394,8 @@ def _plot_curves(exp: Experiment, root: Path, rows: list[dict]) -> None:
             continue
         values = torch.tensor([float(p[exp.curve]) for p in points])
         smooth = values.unfold(0, window, 1).mean(1)
-        ax.plot([p["seen"] for p in points][window - 1:], smooth.tolist(), label=f"{r['method']} (seed {r['seed']})")
+        ax.plot([p["seen"] for p in points][window - 1:], smooth.tolist(), color=colors[r["method"]],
+                linestyle=("-", "--", ":", "-.")[r["seed"] % 4], label=f"{r['method']} (seed {r['seed']})")
     ax.set_xlabel("training examples seen")
     ax.set_ylabel(f"{exp.curve} (moving average over max(50, batches/30) batches)", fontsize=8)
     ax.legend(fontsize=7)
