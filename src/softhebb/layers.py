@@ -333,19 +333,19 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        tracked = torch.is_grad_enabled() and x.requires_grad  # then autograd keeps the mask: it must be a new one
         if self.p != 0.5:  # out of place: CUDA's in-place dropout_ takes another kernel and draws other masks
             return F.dropout(x, self.p, True)
+        tracked = torch.is_grad_enabled() and x.requires_grad  # then autograd keeps the mask: it must be a new one
         n = x.numel()
         k = (n + 7) // 8
-        if tracked or self._bytes is None or self._bytes.numel() != k or self._mask.device != x.device \
-                or self._mask.dtype != x.dtype:
+        mask = self._mask
+        if tracked or mask is None or mask.shape[0] != k or mask.device != x.device or mask.dtype != x.dtype:
             rand = torch.empty(k, dtype=torch.uint8, device=x.device)
             mask = torch.empty(k, 8, dtype=x.dtype, device=x.device)
             if not tracked:
                 self._bytes, self._mask = rand, mask
         else:
-            rand, mask = self._bytes, self._mask
+            rand = self._bytes
         rand.random_()
         torch.index_select(self._table.to(x.dtype), 0, rand.long(), out=mask)  # 4x faster than [...]
         mask = mask.view(-1)[:n].view_as(x)

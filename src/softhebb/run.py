@@ -148,13 +148,14 @@ class RunConfig:
         need("type" not in overrides and overrides.get("rule") != "bp", "block_overrides",
              "fields of the Hebbian blocks other than 'type', with a Hebbian rule (backprop has its own *Cnn* presets)")
         preset = self.resolved_preset()  # unknown preset or bad override → PresetError
-        if len({b["rule"] == "bp" for b in preset["blocks"]}) > 1:
+        backprop = {b["rule"] == "bp" for b in preset["blocks"]}
+        if len(backprop) > 1:
             raise RunError(f"preset {preset['name']!r} mixes backprop ('rule': 'bp') and Hebbian blocks; "
                            "a run trains either all blocks by backprop or all by the Hebbian rule")
         feature_shapes(preset, DATASETS[self.dataset].shape)  # bad groups or too small an input → PresetError here
         if self.mode == "hybrid":  # train_hybrid: images in memory, fp32, Hebbian blocks that learn
             need(self.dataset in IN_MEMORY and not self.probe_augmentation and self.precision == "fp32"
-                 and self.hebb_epochs > 0 and self.probe_epochs > 0 and not self.backprop, "mode",
+                 and self.hebb_epochs > 0 and self.probe_epochs > 0 and True not in backprop, "mode",
                  f"successive or simultaneous for this run: hybrid needs an in-memory dataset ({', '.join(IN_MEMORY)}), "
                  "no probe augmentation, fp32, a Hebbian preset, hebb_epochs > 0 and probe_epochs > 0 (it runs "
                  "probe_epochs epochs at probe_batch)")
@@ -323,7 +324,8 @@ def _unpack(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-_PHASE_STATE = {"hebbian": "position", "probe": "probe", "backprop": "backprop", "hybrid": "hybrid"}  # where each phase keeps its place
+# where each phase keeps its place in a checkpoint
+_PHASE_STATE = {"hebbian": "position", "probe": "probe", "backprop": "backprop", "hybrid": "hybrid"}
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
