@@ -250,3 +250,50 @@ def test_probe_dropout_reaches_the_saved_preset(data_root, tmp_path):
                     probe_dropout=0.2)
     run(cfg, tmp_path / "r", data_root, progress=False, echo=False)
     assert json.loads((tmp_path / "r" / "config.json").read_text())["preset"]["classifier"]["dropout"] == 0.2
+
+
+def test_feature_views_are_the_features_of_seeded_augmented_copies():
+    """View v of rows [s, s + 4) is the network applied to those images shifted with the seed of (run seed,
+    -1 - v, group), computed here by hand from augment_batch."""
+    images = torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8)
+    model = build_model(SMALL, (1, 28, 28), 10, seed=0)
+    views = train.feature_views(train.StreamedFeatures(model, images, augment="shift", seed=7, batch_size=4), 3)
+    assert views.shape == (3, 10, model.num_features)
+    for v in range(3):
+        for g, s in enumerate(range(0, 10, 4)):
+            gen = torch.Generator().manual_seed(train.batch_seed(7, -1 - v, g))
+            x = augment_batch(train.as_input(images[s:s + 4]), "shift", gen)
+            torch.testing.assert_close(views[v, s:s + 4], model.features(x).flatten(1), rtol=1e-5, atol=1e-5)
+    assert not torch.equal(views[0], views[1])
+
+
+def test_probe_on_views_draws_one_view_per_row_and_keeps_the_data_order():
+    torch.manual_seed(0)
+    x, y = torch.randn(96, 12), torch.randint(0, 3, (96,))
+    x_test, y_test = torch.randn(20, 12), torch.randint(0, 3, (20,))
+
+    def probe(features):
+        model = build_model("2SoftMlpMNIST", (1, 28, 28), 3, seed=0)
+        model.classifier = torch.nn.Linear(12, 3)
+        torch.manual_seed(1)
+        model.classifier.reset_parameters()
+        train.train_probe(model, features, y, x_test, y_test, epochs=3, batch_size=16, seed=5, progress=False)
+        return model.classifier.weight.detach().clone()
+
+    plain, noisy = probe(x), x + torch.randn_like(x)
+    assert torch.equal(probe(torch.stack([x, x, x])), plain)  # identical views: the plain probe, step for step
+    mixed = probe(torch.stack([x, noisy]))
+    assert not torch.equal(mixed, plain) and not torch.equal(mixed, probe(noisy))  # it trains on both views
+
+
+def test_probe_views_are_validated_and_keep_old_run_names():
+    base = dict(dataset="mnist", preset=SMALL)
+    assert RunConfig(**base, probe_augment="shift", probe_views=4).probe_views == 4
+    assert RunConfig(dataset="stl10", preset=SMALL, probe_views=2).probe_views == 2  # STL-10's own augmentation
+    for bad in ({"probe_views": 2}, {"probe_views": 0}, {"probe_views": True}, {"probe_views": 2.0},
+                {"probe_views": 2, "probe_augment": "shift", "preset": "3CnnCIFAR"}):
+        with pytest.raises(RunError, match="probe_views"):
+            RunConfig(**{**base, **bad})
+    assert run_module.run_name(RunConfig(probe_views=1)) == "cifar10-4SoftHebbCnnCIFAR-ce64bcd2-s0"
+    assert run_module.run_name(RunConfig(probe_augment="shift", probe_views=2)) != \
+        run_module.run_name(RunConfig(probe_augment="shift"))

@@ -203,8 +203,8 @@ def test_diagnose_features_script_reports_winners_and_probes(data_root, tmp_path
 
 
 def test_repool_probe_script_reproduces_the_run_with_its_own_pool(data_root, tmp_path):
-    """scripts/repool_probe.py (the MNIST last-pool screen in docs/RESULTS.md): the run's own pool gives the run's
-    own result exactly; another pool gives another feature count."""
+    """scripts/repool_probe.py (the MNIST screens in docs/RESULTS.md): the run's own pool gives the run's own result
+    exactly; another pool gives another feature count; other probe options give the result of a run with them."""
     result = run(RunConfig(preset="3SoftHebbCnnCIFAR", dataset="mnist", train_limit=300, test_limit=200, probe_epochs=2),
                  tmp_path / "r", data_root, progress=False, echo=False)
     script = Path(__file__).parents[1] / "scripts" / "repool_probe.py"
@@ -215,3 +215,12 @@ def test_repool_probe_script_reproduces_the_run_with_its_own_pool(data_root, tmp
     own, other = (json.loads(line) for line in out.stdout.splitlines())
     assert (own["test_acc"], own["test_loss"]) == (result["test_acc"], result["test_loss"])
     assert (own["features"], other["features"]) == (384 * 7 * 7, 384 * 8 * 8)
+    # other probe options on the saved weights: the result of a run trained with them (same seed, same Hebbian phase)
+    shifted = run(RunConfig(preset="3SoftHebbCnnCIFAR", dataset="mnist", train_limit=300, test_limit=200, probe_epochs=2,
+                            probe_augment="shift", probe_views=2), tmp_path / "s", data_root, progress=False, echo=False)
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "r"), "--probe-augment", "shift",
+                          "--probe-views", "2"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    again = json.loads(out.stdout)
+    assert (again["test_acc"], again["test_loss"]) == (shifted["test_acc"], shifted["test_loss"])
+    assert shifted["test_loss"] != result["test_loss"]

@@ -82,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
                    "(crop + flip; RandomResizedCrop + flip for image folders), shift = random translation by up to 2 px, "
                    "noise = + N(0, 1) (the original's MNIST augmentation). Default: the dataset's protocol "
                    "(none on CIFAR and MNIST, dataset on STL-10, ImageNette, ImageNet)")
+    t.add_argument("--probe-views", type=positive_int, default=1, metavar="K",
+                   help="with --probe-augment (or an augmented protocol): compute the features of K augmented copies of "
+                   "every training image once, and train each probe epoch on one of them per image, instead of "
+                   "recomputing the features every epoch. K forward passes instead of one per epoch, K times the "
+                   "features' memory (default: 1, recompute every epoch)")
     t.add_argument("--probe-dropout", type=float, default=None,
                    help="dropout on the classifier's input while it trains (the probe, or BP presets' "
                    "training; default: the preset's, 0.5 on the CNNs)")
@@ -186,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
                         test_limit=args.test_limit, device=args.device, precision=args.precision,
                         block_overrides=dict(args.block_overrides) if args.block_overrides else None,
                         random_bn=args.random_bn, bp_mode=args.bp_mode, workers=args.workers,
-                        probe_augment=args.probe_augment, probe_dropout=args.probe_dropout)
+                        probe_augment=args.probe_augment, probe_dropout=args.probe_dropout,
+                        probe_views=args.probe_views)
         out = Path(args.out or Path("runs") / run_name(cfg, short_if_default=True))
         try:
             par = distributed.init_from_env(args.device)  # under torchrun: join the group; rank 0 alone writes and prints

@@ -44,7 +44,7 @@ from .network import PresetError, SoftHebbNet, build_model, feature_shapes, get_
 from .baselines import BP_MODES, RANDOM_BN, calibrate_batchnorm, train_backprop
 from .augment import BATCH_AUGMENTATIONS
 from .train import (MODES, PRECISIONS, Augment, NonFiniteError, StreamedFeatures, evaluate, extract_features,
-                    hebbian_phase, train_hybrid, train_probe)
+                    feature_views, hebbian_phase, train_hybrid, train_probe)
 
 CHECKPOINT = "checkpoint.safetensors"
 IN_MEMORY = ("mnist", "fashion-mnist", "cifar10", "cifar100")  # held as uint8 tensors; features once unless augmented
@@ -104,6 +104,9 @@ class RunConfig:
     # None: the dataset's protocol; "none"; "dataset" (its own, reference §4.3); "shift" or "noise" (softhebb.augment)
     probe_augment: str | None = None
     probe_dropout: float | None = None  # None: the preset's classifier dropout
+    # > 1 with probe augmentation: features of that many augmented copies of each training image, computed once;
+    # each probe epoch draws one per image (train.feature_views) instead of running the network every epoch
+    probe_views: int = 1
 
     def __post_init__(self) -> None:
         def need(cond: bool, field: str, expected: str) -> None:
@@ -152,6 +155,11 @@ class RunConfig:
         if len(backprop) > 1:
             raise RunError(f"preset {preset['name']!r} mixes backprop ('rule': 'bp') and Hebbian blocks; "
                            "a run trains either all blocks by backprop or all by the Hebbian rule")
+        need(isinstance(self.probe_views, int) and not isinstance(self.probe_views, bool) and self.probe_views >= 1,
+             "probe_views", "an integer >= 1")
+        need(self.probe_views == 1 or (self.probe_augmentation and True not in backprop), "probe_views",
+             "1 here: views are augmented copies of the probe's features, so they need probe augmentation "
+             "(--probe-augment) and a Hebbian preset")
         feature_shapes(preset, DATASETS[self.dataset].shape)  # bad groups or too small an input → PresetError here
         if self.mode == "hybrid":  # train_hybrid: images in memory, fp32, Hebbian blocks that learn
             need(self.dataset in IN_MEMORY and not self.probe_augmentation and self.precision == "fp32"
@@ -379,7 +387,7 @@ def _restore(model: SoftHebbNet, ckpt: dict, par: distributed.Parallel | None) -
 
 _NOT_COMPARED = ("device", "workers")  # may change between a run and its resumption
 # RunConfig fields added after runs were published, at their defaults
-ADDED_FIELDS = {"probe_augment": None, "probe_dropout": None}
+ADDED_FIELDS = {"probe_augment": None, "probe_dropout": None, "probe_views": 1}
 
 
 def run_name(cfg: RunConfig, short_if_default: bool = False) -> str:
@@ -583,19 +591,7 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
             if cfg.hebb_epochs == 0 and cfg.random_bn == "data":
                 calibrate_batchnorm(model, x_hebb)
             t_hebb = time.perf_counter()
-            # bf16 runs also store the features in bf16: half the memory and half the probe's memory traffic
-            fdtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
-            if cfg.probe_augmentation:  # new crops every epoch: features cannot be computed once
-                f_train = StreamedFeatures(model, x_train, augment=cfg.probe_augmentation, seed=cfg.seed,
-                                           precision=cfg.precision, workers=workers)
-            else:
-                f_train = extract_features(model, rows(x_train), progress=progress and lead, dtype=fdtype,
-                                           precision=cfg.precision, workers=workers)
-            if in_memory or len(x_test) * model.num_features * fdtype.itemsize <= CACHED_TEST_FEATURES_BYTES:
-                f_test = extract_features(model, rows(x_test), progress=progress and lead, dtype=fdtype,
-                                          precision=cfg.precision, workers=workers)
-            else:  # e.g. ImageNet's 50,000 validation images: recomputed at each evaluation instead of held
-                f_test = StreamedFeatures(model, x_test, precision=cfg.precision, workers=workers)
+            f_train, f_test = probe_features(model, cfg, rows(x_train), rows(x_test), workers, progress and lead)
             t_feat = time.perf_counter()
             probe_start = None
             if ckpt is not None and ckpt["phase"] == "probe":
@@ -637,6 +633,34 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
         atomic_write(out / "result.json", json.dumps(result, indent=2))
         (out / CHECKPOINT).unlink(missing_ok=True)  # finished: result.json and the model replace it
     return result
+
+
+def probe_features(model: SoftHebbNet, cfg: RunConfig, x_train: Any, x_test: Any, workers: int = 0,
+                   progress: bool = False) -> tuple[torch.Tensor | StreamedFeatures, torch.Tensor | StreamedFeatures]:
+    """The probe's train and test features as ``cfg`` asks: computed once; with probe augmentation, recomputed
+    every epoch (``StreamedFeatures``) or ``cfg.probe_views`` augmented views computed once (``feature_views``)."""
+    # bf16 runs also store the features in bf16: half the memory and half the probe's memory traffic
+    fdtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+    if cfg.probe_augmentation:  # new crops every epoch: features cannot be computed once
+        f_train = StreamedFeatures(model, x_train, augment=cfg.probe_augmentation, seed=cfg.seed,
+                                   precision=cfg.precision, workers=workers)
+        if cfg.probe_views > 1:
+            need = cfg.probe_views * len(x_train) * model.num_features * fdtype.itemsize
+            try:
+                f_train = feature_views(f_train, cfg.probe_views, fdtype, progress)
+            except (RuntimeError, MemoryError) as e:  # what the allocator says, and what to change
+                raise RunError(f"probe_views={cfg.probe_views}: {cfg.probe_views} views of {len(x_train)} x "
+                               f"{model.num_features} features need {need / 2**30:.1f} GiB ({e}); use fewer views "
+                               "or --precision bf16 (features stored in bf16)") from None
+    else:
+        f_train = extract_features(model, x_train, progress=progress, dtype=fdtype, precision=cfg.precision,
+                                   workers=workers)
+    if cfg.dataset in IN_MEMORY or len(x_test) * model.num_features * fdtype.itemsize <= CACHED_TEST_FEATURES_BYTES:
+        f_test = extract_features(model, x_test, progress=progress, dtype=fdtype, precision=cfg.precision,
+                                  workers=workers)
+    else:  # e.g. ImageNet's 50,000 validation images: recomputed at each evaluation instead of held
+        f_test = StreamedFeatures(model, x_test, precision=cfg.precision, workers=workers)
+    return f_train, f_test
 
 
 def evaluate_run(run_dir: str | os.PathLike, dataset: str | None = None, data_dir: str | os.PathLike | None = None,

@@ -347,6 +347,28 @@ class StreamedFeatures:
             yield from f.split([b.numel() for b in group])  # outside autocast: the head must not run under it
 
 
+@torch.no_grad()
+def feature_views(streamed: StreamedFeatures, views: int, dtype: torch.dtype = torch.float32,
+                  progress: bool = False) -> torch.Tensor:
+    """``views`` augmented copies of every row's features, computed once: a (views, n, features) tensor.
+
+    A probe on augmented images then gathers rows like a cached probe, drawing one view per row each epoch
+    (``train_probe``), instead of running the network every epoch: ``views`` forward passes instead of one
+    per epoch, for ``views`` times the memory. View v is augmented as ``streamed.iterate`` does for
+    "epoch" -1 - v, so no view repeats the crops of a streamed epoch.
+    """
+    n, width = streamed.shape
+    out = torch.empty(views, n, width, dtype=dtype, device=streamed.device)
+    size = streamed.batch_size
+    batches = [torch.arange(s, min(s + size, n)) for s in range(0, n, size)]
+    with _progress(views * n, "feature views", progress) as bar:
+        for v in range(views):
+            for idx, f in zip(batches, streamed.iterate(batches, epoch=-1 - v)):
+                out[v, int(idx[0]):int(idx[0]) + idx.numel()] = f
+                bar.update(idx.numel())
+    return out
+
+
 def step_lr_milestones(epochs: int) -> list[int]:
     """Epochs after which the probe's learning rate halves (the original CustomStepLR)."""
     if epochs < 20:
@@ -406,16 +428,21 @@ def train_probe(
     model whose weights the caller restored. With ``parallel``, the features and labels are this
     rank's rows (``Parallel.rows``) and the head trains under DDP (see softhebb.distributed).
     ``StreamedFeatures`` are recomputed from (augmented) images every epoch instead of gathered.
+    ``train_features`` of shape (views, n, features) (``feature_views``): each epoch trains on one view of
+    every row, drawn by a generator of its own, so the data order is that of the same probe without views.
     """
     for f, y, name in ((train_features, train_labels, "train"), (test_features, test_labels, "test")):
-        if f.shape[0] != y.shape[0]:
-            raise ValueError(f"{name}: {f.shape[0]} feature rows but {y.shape[0]} labels")
+        if f.shape[-2] != y.shape[0]:
+            raise ValueError(f"{name}: {f.shape[-2]} feature rows but {y.shape[0]} labels")
+    views = train_features.shape[0] if isinstance(train_features, torch.Tensor) and train_features.dim() == 3 else 0
+    if views and parallel is not None:
+        raise ValueError("feature views are not sharded over ranks: train a probe with views in one process")
     head = model.classifier
     forward = parallel.wrap_head(model) if parallel is not None else model.head
     world = parallel.world_size if parallel is not None else 1
     torch.manual_seed(seed + (parallel.rank << 20 if parallel is not None else 0))  # dropout masks, different per rank
     device = train_features.device
-    n = train_features.shape[0] if parallel is None else parallel.total(train_features.shape[0], device)
+    n = train_features.shape[-2] if parallel is None else parallel.total(train_features.shape[0], device)
     opt, sched, gen, first, result = adam_epochs(head.parameters(), lr, epochs, seed, device, start)
     with _progress(epochs, "probe", progress, unit="epoch") as bar, _overwriting(model.dropout):
         bar.update(first - 1)
@@ -430,6 +457,10 @@ def train_probe(
                        else [(idx, idx.numel()) for idx in _batches(order.to(device), batch_size)])
             if isinstance(train_features, StreamedFeatures):  # decoded from CPU indices, labels gathered on the device
                 rows = train_features.iterate(list(_batches(order, batch_size)), epoch)
+            elif views:  # row i of view v is row v * n + i of the flattened views
+                pick = torch.randint(views, (n,), generator=torch.Generator().manual_seed(batch_seed(seed, epoch)))
+                flat, offset = train_features.flatten(0, 1), (pick * n).to(device)
+                rows = (flat.index_select(0, idx + offset.index_select(0, idx)) for idx, _ in batches)
             else:
                 rows = (train_features.index_select(0, idx) for idx, _ in batches)  # ~7x faster than [idx] on CPU
             for (idx, global_size), x in zip(batches, rows):
