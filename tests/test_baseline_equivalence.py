@@ -65,7 +65,9 @@ def _train_both(mode: str, dtype: torch.dtype, monkeypatch, n: int = 40, batch: 
 
 
 @pytest.mark.parametrize("mode", ["successive", "simultaneous"])
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+# float64: the same computation up to rounding (the frozen prefix runs in channels-last memory, the original's in
+# NCHW: 3e-9 apart after these 4 + 4 steps); float32: the bound after 100 steps, met after 4 here
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-8), (torch.float32, 1e-4)])
 def test_training_reaches_the_same_weights(mode, dtype, tol, monkeypatch):
     model, net = _train_both(mode, dtype, monkeypatch)
     for i, (a, b) in enumerate(zip(model.blocks, net.blocks)):

@@ -183,3 +183,37 @@ def test_features_are_the_flattened_nchw_block_outputs():
     got = extract_features(model, x, batch_size=3)
     assert got.shape == ref.shape
     assert torch.allclose(got, ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
+THREE = {"name": "three", "blocks": [*TINY["blocks"][:1], dict(TINY["blocks"][0], out=12, pool="max_3_2_1"),
+                                     TINY["blocks"][1]]}
+
+
+@pytest.mark.parametrize("shape", [(3, 12, 12), (1, 14, 14)])  # 1 channel: the chain leaves some outputs NCHW
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_prefix_cache_gives_the_same_weights_and_features_as_recomputing_the_prefix(shape, precision):
+    """Successive training from the PrefixCache (each frozen prefix computed once per image, 250 rows at a time)
+    against recomputing it for every batch of 10; then the features made in its buffer against computing them."""
+    x = torch.randint(0, 256, (70, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    cached, plain = (build_model(THREE, shape, 10, seed=0) for _ in range(2))
+    cache = hebbian_phase(cached, x, batch_size=10, epochs=2, seed=1, progress=False, precision=precision)
+    assert hebbian_phase(plain, x, batch_size=10, epochs=2, seed=1, progress=False, precision=precision,
+                         cache_prefix=False) is None
+    assert cache.depth == 2  # the input of the last block
+    for a, b in zip(cached.state_dict().values(), plain.state_dict().values()):
+        assert torch.equal(a, b)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    want = extract_features(plain, x, batch_size=30, dtype=dtype, precision=precision)
+    got = extract_features(cached, x, dtype=dtype, precision=precision, cache=cache)
+    assert got.shape == want.shape == (70, cached.num_features) and got.dtype == dtype
+    assert torch.equal(got, want)
+    with pytest.raises(ValueError, match="other images"):
+        extract_features(cached, x.clone(), cache=cache)
+
+
+def test_no_prefix_cache_where_it_cannot_apply():
+    x = images()
+    assert hebbian_phase(build_model(THREE, (3, 12, 12), 10, seed=0), x, "simultaneous", progress=False) is None
+    one = {"name": "one", "blocks": TINY["blocks"][:1]}
+    assert hebbian_phase(build_model(one, (3, 12, 12), 10, seed=0), x, progress=False) is None  # no prefix at all
+    assert hebbian_phase(build_model(THREE, (3, 12, 12), 10, seed=0), x, progress=False, augment=True) is None

@@ -44,7 +44,7 @@ from .network import PresetError, SoftHebbNet, build_model, feature_shapes, get_
 from .baselines import BP_MODES, RANDOM_BN, calibrate_batchnorm, train_backprop
 from .augment import BATCH_AUGMENTATIONS
 from .train import (MODES, PRECISIONS, Augment, NonFiniteError, StreamedFeatures, evaluate, extract_features,
-                    feature_views, hebbian_phase, train_hybrid, train_probe)
+                    PrefixCache, feature_views, hebbian_phase, train_hybrid, train_probe)
 
 CHECKPOINT = "checkpoint.safetensors"
 IN_MEMORY = ("mnist", "fashion-mnist", "cifar10", "cifar100")  # held as uint8 tensors; features once unless augmented
@@ -583,15 +583,19 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
                                  start=ckpt["hybrid"] if ckpt else None)
             t_hebb = t_feat = t_data
         else:
+            cache = None  # the frozen prefix's outputs for every training image (train.PrefixCache), if it kept them
             if ckpt is None or ckpt["phase"] == "hebbian":
-                hebbian_phase(model, x_hebb, cfg.mode, cfg.hebb_epochs, cfg.hebb_batch, cfg.seed, log, progress and lead,
-                              checkpoint=(lambda pos: checkpoint("hebbian", pos)) if every else None,
-                              checkpoint_every=every, start=ckpt["position"] if ckpt else None, parallel=par,
-                              precision=cfg.precision, augment=proto.hebb_augment, workers=workers)
+                cache = hebbian_phase(model, x_hebb, cfg.mode, cfg.hebb_epochs, cfg.hebb_batch, cfg.seed, log,
+                                      progress and lead, checkpoint=(lambda pos: checkpoint("hebbian", pos)) if every else None,
+                                      checkpoint_every=every, start=ckpt["position"] if ckpt else None, parallel=par,
+                                      precision=cfg.precision, augment=proto.hebb_augment, workers=workers)
             if cfg.hebb_epochs == 0 and cfg.random_bn == "data":
                 calibrate_batchnorm(model, x_hebb)
             t_hebb = time.perf_counter()
-            f_train, f_test = probe_features(model, cfg, rows(x_train), rows(x_test), workers, progress and lead)
+            if cfg.probe_augmentation or cache is not None and cache.images is not x_train:
+                cache = None  # augmented features, or other images: free its buffer before the features are made
+            f_train, f_test = probe_features(model, cfg, rows(x_train), rows(x_test), workers, progress and lead, cache)
+            del cache  # the training features may be a view of its buffer, which they keep
             t_feat = time.perf_counter()
             probe_start = None
             if ckpt is not None and ckpt["phase"] == "probe":
@@ -636,9 +640,11 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
 
 
 def probe_features(model: SoftHebbNet, cfg: RunConfig, x_train: Any, x_test: Any, workers: int = 0,
-                   progress: bool = False) -> tuple[torch.Tensor | StreamedFeatures, torch.Tensor | StreamedFeatures]:
-    """The probe's train and test features as ``cfg`` asks: computed once; with probe augmentation, recomputed
-    every epoch (``StreamedFeatures``) or ``cfg.probe_views`` augmented views computed once (``feature_views``)."""
+                   progress: bool = False, cache: PrefixCache | None = None,
+                   ) -> tuple[torch.Tensor | StreamedFeatures, torch.Tensor | StreamedFeatures]:
+    """The probe's train and test features as ``cfg`` asks: computed once (from ``cache``, the ``PrefixCache`` of
+    ``x_train`` that the Hebbian phase returned, if given); with probe augmentation, recomputed every epoch
+    (``StreamedFeatures``) or ``cfg.probe_views`` augmented views computed once (``feature_views``)."""
     # bf16 runs also store the features in bf16: half the memory and half the probe's memory traffic
     fdtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
     if cfg.probe_augmentation:  # new crops every epoch: features cannot be computed once
@@ -654,7 +660,7 @@ def probe_features(model: SoftHebbNet, cfg: RunConfig, x_train: Any, x_test: Any
                                "or --precision bf16 (features stored in bf16)") from None
     else:
         f_train = extract_features(model, x_train, progress=progress, dtype=fdtype, precision=cfg.precision,
-                                   workers=workers)
+                                   workers=workers, cache=cache)
     if cfg.dataset in IN_MEMORY or len(x_test) * model.num_features * fdtype.itemsize <= CACHED_TEST_FEATURES_BYTES:
         f_test = extract_features(model, x_test, progress=progress, dtype=fdtype, precision=cfg.precision,
                                   workers=workers)
