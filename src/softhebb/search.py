@@ -225,12 +225,13 @@ def search(cfg: SearchConfig, out: str | os.PathLike, study_name: str | None = N
         t0 = time.perf_counter()
         try:
             # checkpoint_every without a checkpoint: check for NaN every 100 batches, not only at the epoch end
-            hebbian_phase(model, x_tr, cfg.mode, cfg.hebb_epochs, cfg.hebb_batch, cfg.seed, progress=False,
-                          checkpoint_every=100)
+            cache = hebbian_phase(model, x_tr, cfg.mode, cfg.hebb_epochs, cfg.hebb_batch, cfg.seed, progress=False,
+                                  checkpoint_every=100)
         except NonFiniteError as e:  # a value, not a failure: TPE should learn to avoid this region
             trial.set_user_attr("note", f"diverged: {e}"[:300])
             return 0.0
-        f_tr, f_va = extract_features(model, x_tr), extract_features(model, x_va)
+        f_tr, f_va = extract_features(model, x_tr, cache=cache), extract_features(model, x_va)
+        del cache
 
         def report(row: dict) -> None:
             if "test_acc" in row:  # the probe's "test" set is the validation split here
