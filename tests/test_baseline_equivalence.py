@@ -65,13 +65,13 @@ def _train_both(mode: str, dtype: torch.dtype, monkeypatch, n: int = 40, batch: 
 
 
 @pytest.mark.parametrize("mode", ["successive", "simultaneous"])
-# float64: the same computation up to rounding (the frozen prefix runs in channels-last memory, the original's in
-# NCHW: 3e-9 apart after these 4 + 4 steps); float32: the bound after 100 steps, met after 4 here
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-8), (torch.float32, 1e-4)])
+# 100 steps per block. float32: the bound (3e-7 measured). float64: the same computation up to rounding (the
+# frozen prefix runs in channels-last memory, the original's in NCHW: 7e-9 apart in successive mode, 1e-15 otherwise)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-7), (torch.float32, 1e-4)])
 def test_training_reaches_the_same_weights(mode, dtype, tol, monkeypatch):
-    model, net = _train_both(mode, dtype, monkeypatch)
+    model, net = _train_both(mode, dtype, monkeypatch, n=1000)
     for i, (a, b) in enumerate(zip(model.blocks, net.blocks)):
-        assert a.layer.num_updates.item() == 4
+        assert a.layer.num_updates.item() == 100
         assert max_rel_diff(b.layer.weight, a.layer.weight) <= tol, f"block {i}"
         assert max_rel_diff(b.bn.running_var, a.pre[0].running_var) <= tol, f"block {i} BN"
         # the original's full-size rate equals softhebb's per-neuron rate, broadcast
