@@ -5,7 +5,8 @@ import torch
 
 from softhebb.layers import Dropout
 from softhebb.network import build_model
-from softhebb.train import extract_features, hebbian_phase, step_lr_milestones, train_hybrid, train_probe
+from softhebb.train import (PrefixCache, extract_features, hebbian_phase, step_lr_milestones, train_hybrid,
+                            train_probe)
 
 TINY = {"name": "tiny", "blocks": [
     {"type": "conv", "out": 8, "kernel": 3, "padding": 1, "t_invert": 1, "lr": 0.05, "power_lr": 0.5, "radius": 5,
@@ -200,6 +201,8 @@ def test_prefix_cache_gives_the_same_weights_and_features_as_recomputing_the_pre
     assert hebbian_phase(plain, x, batch_size=10, epochs=2, seed=1, progress=False, precision=precision,
                          cache_prefix=False) is None
     assert cache.depth == 2  # the input of the last block
+    fresh = PrefixCache(cached, x)  # what a run resumed in the last stage builds: both blocks in one pass
+    assert torch.equal(fresh.advance(2, precision), cache.advance(2, precision))
     for a, b in zip(cached.state_dict().values(), plain.state_dict().values()):
         assert torch.equal(a, b)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
