@@ -592,8 +592,8 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
             if cfg.hebb_epochs == 0 and cfg.random_bn == "data":
                 calibrate_batchnorm(model, x_hebb)
             t_hebb = time.perf_counter()
-            if cfg.probe_augmentation or cache is not None and cache.images is not x_train:
-                cache = None  # augmented features, or other images: free its buffer before the features are made
+            if cfg.probe_augmentation:
+                cache = None  # augmented features cannot come from it: free its buffer before they are made
             f_train, f_test = probe_features(model, cfg, rows(x_train), rows(x_test), workers, progress and lead, cache)
             del cache  # the training features may be a view of its buffer, which they keep
             t_feat = time.perf_counter()

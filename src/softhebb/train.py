@@ -281,13 +281,13 @@ def hebbian_phase(
             with _progress(n, f"hebbian block {name} epoch {epoch + 1}/{epochs}", progress) as bar, torch.no_grad():
                 bar.update(min(skip * batch_size, n))
                 batches = list(_batches(orders[epoch], batch_size))[skip:]
-                local = [parallel.shard(idx) for idx in batches] if parallel is not None else batches
-                seeds = [batch_seed(seed, s, epoch, b) for b in range(skip, n_batches)]
                 if cache is not None and depth > 1:
                     if cache.depth != depth - 1:
                         cache.advance(depth - 1, precision)
                     inputs, before = (cache.rows(idx) for idx in batches), []
                 else:
+                    local = [parallel.shard(idx) for idx in batches] if parallel is not None else batches
+                    seeds = [batch_seed(seed, s, epoch, b) for b in range(skip, n_batches)]
                     inputs, before = iterate_batches(images, local, device, augment, seeds, workers), model.blocks[:depth - 1]
                 for b, idx, x in zip(range(skip, n_batches), batches, inputs):
                     with _autocast(device, precision):
