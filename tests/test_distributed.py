@@ -49,7 +49,7 @@ def train(mode, parallel=None):
 
 def _worker(rank, world, init_file, out):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    distributed.init("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         par = distributed.current()
         assert par is not None and (par.rank, par.world_size) == (rank, world)
@@ -61,6 +61,22 @@ def _worker(rank, world, init_file, out):
                     json.dump(rows, f)
     finally:
         dist.destroy_process_group()
+    # joined with the group: no gloo thread can still be freeing a collective when the interpreter exits
+    assert not _gloo_threads(), _gloo_threads()
+
+
+def _gloo_threads() -> list[str]:
+    """Names of this process's gloo worker threads (Linux; elsewhere none are seen)."""
+    if not os.path.isdir("/proc/self/task"):
+        return []
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:  # the thread ended meanwhile
+            pass
+    return [n for n in names if "gloo" in n]
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +156,7 @@ def _resume_worker(rank, world, init_file, out):
     from softhebb.network import resolve_preset
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    distributed.init("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
 
     def load(name, split, root=None):
         g = torch.Generator().manual_seed(0 if split == "train" else 1)

@@ -14,14 +14,14 @@ What equals a single process, and what does not:
   the global batch (``torch.nn.SyncBatchNorm`` has no CPU path). The win counters are kept per rank
   and summed when read (epoch logs, checkpoints). Every rank must get at least one image of every
   global batch, so ``hebb_batch`` ≥ N and a last partial batch of fewer than N images is refused.
-* **Probe: equal up to the dropout masks.** The head is wrapped in DistributedDataParallel. Rank r
-  owns the features of training images r, r+N, r+2N, …; every epoch all ranks draw the same
-  permutation as one process would, and each global batch of ``probe_batch`` images is split by
-  owner. The loss is scaled so that DDP's gradient average is the mean over the *global* batch, so
-  gradients, Adam and the step schedule match one process. Dropout masks are drawn per rank
-  (rank r seeds with seed + r·2²⁰), so they differ from one process's; with dropout 0 the head
-  matches one process to float precision. Test accuracy and loss are summed over the ranks'
-  shards of the test set.
+* **Probe: equal up to the dropout masks.** Rank r owns the features of training images r, r+N,
+  r+2N, …; every epoch all ranks draw the same permutation as one process would, and each global
+  batch of ``probe_batch`` images is split by owner. Each rank's loss is its share of the mean over
+  the *global* batch, and the classifier's gradients are summed over ranks after every backward, so
+  gradients, Adam and the step schedule match one process. Dropout masks are drawn per rank (rank r
+  seeds with seed + r·2²⁰), so they differ from one process's; with dropout 0 the head matches one
+  process to float precision. Test accuracy and loss are summed over the ranks' shards of the test
+  set.
 * **Checkpoints** (rank 0 writes) hold the summed win counters and every rank's RNG state. A
   Hebbian checkpoint resumes on any number of ranks; a probe checkpoint resumed on another number
   continues with fresh dropout masks.
@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -67,9 +67,7 @@ class Parallel:
 
     def reduce_pending(self, layers: Sequence[_HebbianLayer]) -> None:
         """Sum every layer's pending Σỹx and Σỹu over ranks, in place."""
-        works = [dist.all_reduce(t, async_op=True) for layer in layers if layer.pending for t in layer.pending]
-        for w in works:
-            w.wait()
+        self.all_reduce_(*(t for layer in layers if layer.pending for t in layer.pending))
 
     @contextmanager
     def summed_counters(self, layers: Sequence[_HebbianLayer]) -> Iterator[None]:
@@ -101,20 +99,20 @@ class Parallel:
         flat = torch.cat(local).to(device, non_blocking=True)
         return list(zip(flat.split([s for s, _ in sizes]), [g for _, g in sizes]))
 
-    def wrap_head(self, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-        """``model.head`` with the classifier under DDP (its parameters stay the model's own).
-
-        Dropout stays outside DDP: it has no parameters, and its constant lookup table is a buffer
-        that DDP would otherwise broadcast before every forward.
-        """
-        dev = model.classifier.weight.device
-        ddp = nn.parallel.DistributedDataParallel(model.classifier, device_ids=[dev] if dev.type == "cuda" else None)
-        return lambda features: ddp(model.dropout(features.flatten(1)))
+    def sum_grads(self, module: nn.Module) -> None:
+        """Sum the gradients of ``module``'s parameters over ranks, in place (a missing one counts as 0,
+        so that every rank joins the same collectives)."""
+        params = list(module.parameters())
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        self.all_reduce_(*(p.grad for p in params))
 
     # -- plumbing -------------------------------------------------------------------------
     def all_reduce_(self, *tensors: torch.Tensor) -> None:
-        for t in tensors:
-            dist.all_reduce(t)
+        """Sum every tensor over ranks, in place: all issued at once, then waited for."""
+        for work in [dist.all_reduce(t, async_op=True) for t in tensors]:
+            work.wait()
 
     def total(self, k: int, device: torch.device) -> int:
         t = torch.tensor([k], dtype=torch.long, device=device)
@@ -190,6 +188,21 @@ def current() -> Parallel | None:
     return Parallel(dist.get_rank(), dist.get_world_size())
 
 
+def init(backend: str, **kwargs: Any) -> Parallel | None:
+    """``dist.init_process_group(backend, **kwargs)``, made safe to leave with ``shutdown()``; this process's place.
+
+    torch._dynamo is imported first. Imported while a group exists (lazily, by the first optimizer step, in torch
+    2.13), it keeps references to that group, so ``destroy_process_group`` no longer joins gloo's worker threads.
+    One of them may then still be freeing the last collective's tensors, which takes the GIL, when the interpreter
+    exits, and that aborts the process ("terminate called without an active exception"; 1 in about 40 runs of the
+    2-rank tests).
+    """
+    import torch._dynamo  # noqa: F401
+
+    dist.init_process_group(backend, **kwargs)
+    return current()
+
+
 def init_from_env(device: str = "auto") -> Parallel | None:
     """Join the group torchrun describes in the environment (WORLD_SIZE > 1); None when run alone.
 
@@ -204,7 +217,7 @@ def init_from_env(device: str = "auto") -> Parallel | None:
         gpu = device != "cpu" and torch.cuda.is_available()
         if gpu:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group("nccl" if gpu else "gloo")
+        return init("nccl" if gpu else "gloo")
     return current()
 
 

@@ -507,7 +507,7 @@ def train_probe(
     ``checkpoint(state)`` is called after every epoch with what it takes to continue (epoch, Adam,
     schedule, data-order generator, RNG state, result so far); ``start`` is such a state, for a
     model whose weights the caller restored. With ``parallel``, the features and labels are this
-    rank's rows (``Parallel.rows``) and the head trains under DDP (see softhebb.distributed).
+    rank's rows (``Parallel.rows``) and the head's gradients are summed over ranks (see softhebb.distributed).
     ``StreamedFeatures`` are recomputed from (augmented) images every epoch instead of gathered.
     ``train_features`` of shape (views, n, features) (``feature_views``): each epoch trains on one view of
     every row, drawn by a generator of its own, so the data order is that of the same probe without views.
@@ -519,8 +519,6 @@ def train_probe(
     if views and parallel is not None:
         raise ValueError("feature views are not sharded over ranks: train a probe with views in one process")
     head = model.classifier
-    forward = parallel.wrap_head(model) if parallel is not None else model.head
-    world = parallel.world_size if parallel is not None else 1
     torch.manual_seed(seed + (parallel.rank << 20 if parallel is not None else 0))  # dropout masks, different per rank
     device = train_features.device
     n = train_features.shape[-2] if parallel is None else parallel.total(train_features.shape[0], device)
@@ -546,12 +544,12 @@ def train_probe(
                 rows = (train_features.index_select(0, idx) for idx, _ in batches)  # ~7x faster than [idx] on CPU
             for (idx, global_size), x in zip(batches, rows):
                 y = train_labels[idx]
-                logits = forward(x.float())
+                logits = model.head(x.float())
                 batch_loss = F.cross_entropy(logits, y, reduction="sum")
-                # the mean over the global batch once DDP has averaged the ranks' gradients
-                loss = batch_loss / (global_size / world)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                (batch_loss / global_size).backward()  # summed over ranks: the mean over the global batch
+                if parallel is not None:
+                    parallel.sum_grads(head)
                 opt.step()
                 loss_sum += batch_loss.detach()
                 correct += (logits.detach().argmax(1) == y).sum()
