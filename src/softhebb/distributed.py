@@ -100,13 +100,9 @@ class Parallel:
         return list(zip(flat.split([s for s, _ in sizes]), [g for _, g in sizes]))
 
     def sum_grads(self, module: nn.Module) -> None:
-        """Sum the gradients of ``module``'s parameters over ranks, in place (a missing one counts as 0,
-        so that every rank joins the same collectives)."""
-        params = list(module.parameters())
-        for p in params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        self.all_reduce_(*(p.grad for p in params))
+        """Sum the gradients of ``module``'s parameters over ranks, in place (every rank has them after its
+        backward, also for an empty share of a batch: zeros)."""
+        self.all_reduce_(*(p.grad for p in module.parameters()))
 
     # -- plumbing -------------------------------------------------------------------------
     def all_reduce_(self, *tensors: torch.Tensor) -> None:
