@@ -190,8 +190,8 @@ def init(backend: str, **kwargs: Any) -> Parallel | None:
     torch._dynamo is imported first. Imported while a group exists (lazily, by the first optimizer step, in torch
     2.13), it keeps references to that group, so ``destroy_process_group`` no longer joins gloo's worker threads.
     One of them may then still be freeing the last collective's tensors, which takes the GIL, when the interpreter
-    exits, and that aborts the process ("terminate called without an active exception"; 1 in about 40 runs of the
-    2-rank tests).
+    exits, and that aborts the process ("terminate called without an active exception"; within 5 to 44 runs of the
+    2-rank test worker here).
     """
     import torch._dynamo  # noqa: F401
 
