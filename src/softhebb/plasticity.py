@@ -46,8 +46,9 @@ def post_synaptic(u: torch.Tensor, rule: str, t_invert: float, groups: int = 1) 
         y = torch.zeros_like(ug).scatter_(2, winner, 1.0)
     else:
         y = torch.softmax(ug * t_invert, dim=2, dtype=torch.promote_types(ug.dtype, torch.float32))
-        # Losing neurons' shares underflow to subnormals (about 1 % of ỹ on CIFAR), which slowed the
-        # Σỹx kernel 20–30× on an Intel Xeon; below 1.2e-38 they add nothing a float32 sum can hold.
+        # Losing neurons' shares underflow to subnormals (0.6–1.2 % of block 1's ỹ in the benchmark),
+        # which slowed the Σỹx kernel 20–30× on an Intel Xeon; below 1.2e-38 they add nothing a
+        # float32 sum can hold.
         F.threshold_(y, torch.finfo(y.dtype).tiny, 0.0)
         if rule == "softhebb":
             top = y.gather(2, winner)
