@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from softhebb.layers import HebbianConv2d, HebbianLinear, MaxPool2d, Triangle
+from softhebb.layers import AvgPool2d, HebbianConv2d, HebbianLinear, MaxPool2d, Triangle
 from softhebb.network import PresetError, build_model, feature_shapes, get_preset, list_presets
 
 CIFAR, STL, IMNET, MNIST = (3, 32, 32), (3, 96, 96), (3, 160, 160), (1, 28, 28)
@@ -51,8 +51,10 @@ def test_cifar_headline_network_matches_reference_table():
     assert [c.lr for c in convs] == [0.08, 0.005, 0.01]
     assert all(isinstance(c, HebbianConv2d) and c.rule == "softhebb" and c.padding_mode == "reflect" for c in convs)
     assert all(not b.pre[0].affine for b in model.blocks)
-    assert [b.post[0].power for b in model.blocks] == [0.7, 1.4, 1.0]
-    assert [type(b.post[1]).__name__ for b in model.blocks] == ["MaxPool2d", "MaxPool2d", "AvgPool2d"]
+    # triangle_0.7 → max pool runs as triangle_1 → max pool → x^0.7 (test_power_after_max_pool_is_the_same_block)
+    assert [[type(m).__name__ for m in b.post] for b in model.blocks] == [
+        ["Triangle", "MaxPool2d", "Power"], ["Triangle", "MaxPool2d", "Power"], ["Triangle", "AvgPool2d"]]
+    assert [b.post[-1].power for b in model.blocks[:2]] == [0.7, 1.4] and [b.post[0].power for b in model.blocks] == [1.0] * 3
     # init std r/√n (reference §1.7): 2.887, 0.8505, 0.4253
     for c, std in zip(convs, (2.887, 0.8505, 0.4253)):
         assert c.weight.std().item() == pytest.approx(std, rel=0.05)
@@ -129,16 +131,19 @@ def test_preset_files_load_and_bad_ones_are_named(tmp_path):
         get_preset(str(tmp_path / "missing.json"))
 
 
-def test_max_pool_matches_torch_in_values_layout_and_gradient():
-    """Our MaxPool2d pools in channels-last memory on the CPU; nothing a caller sees may change."""
+@pytest.mark.parametrize("ours, theirs, args", [(MaxPool2d, torch.nn.MaxPool2d, (4, 2, 1)),
+                                                (AvgPool2d, torch.nn.AvgPool2d, (2, 2, 0))])
+def test_pools_match_torch_in_values_layout_and_gradient(ours, theirs, args):
+    """Our pools pool in channels-last memory on the CPU; nothing a caller sees may change."""
     x = torch.randn(3, 5, 9, 8, requires_grad=True)
     for fmt in (torch.contiguous_format, torch.channels_last):
         xf = x.detach().contiguous(memory_format=fmt).requires_grad_()
-        ref, got = torch.nn.MaxPool2d(4, 2, 1)(xf), MaxPool2d(4, 2, 1)(xf)
+        ref, got = theirs(*args)(xf), ours(*args)(xf)
         assert torch.equal(got, ref) and got.is_contiguous(memory_format=fmt)
         g = torch.randn_like(ref)
         assert torch.equal(torch.autograd.grad(got, xf, g)[0], torch.autograd.grad(ref, xf, g)[0])
-    assert isinstance(build_model("4SoftHebbCnnCIFAR", (3, 32, 32), 10).blocks[0].post[-1], MaxPool2d)
+    pools = [b.post[1] for b in build_model("4SoftHebbCnnCIFAR", (3, 32, 32), 10).blocks]
+    assert [type(p) for p in pools] == [MaxPool2d, MaxPool2d, AvgPool2d]
 
 
 @pytest.mark.parametrize("power", [0.7, 1.0, 1.4])
@@ -153,3 +158,21 @@ def test_triangle_matches_its_formula_leaves_its_input_and_has_the_right_gradien
     y.pow(2).sum().backward()
     c = (x0 - x0.mean(1, keepdim=True)).clamp_min(0)  # the channel mean is a constant for gradients
     assert torch.allclose(x.grad, 2 * power * c ** (2 * power - 1) * (c > 0))
+
+
+@pytest.mark.parametrize("power", [0.7, 1.4])
+def test_power_after_max_pool_is_the_same_block(power):
+    """A block computes triangle_p → max pool as triangle_1 → max pool → x^p: the same values and gradients."""
+    preset = {"blocks": [{"type": "conv", "out": 8, "kernel": 3, "padding": 1, "activation": f"triangle_{power}",
+                          "pool": "max_4_2_1"}]}
+    block = build_model(preset, (3, 12, 12), 10, seed=0).blocks[0].eval()
+    x = torch.randn(4, 3, 12, 12, requires_grad=True)
+    u = block.layer(block.pre(x))
+    ref = torch.nn.MaxPool2d(4, 2, 1)(Triangle(power)(u))
+    got = block(x)
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=0)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(got, x, g)[0], torch.autograd.grad(ref, x, g)[0], rtol=1e-4, atol=1e-4)
+    with torch.no_grad():  # the in-place path of the frozen network
+        torch.testing.assert_close(block(x), ref.detach(), rtol=1e-6, atol=0)
+    assert [type(m).__name__ for m in block.post] == ["Triangle", "MaxPool2d", "Power"] and block.post[-1].power == power

@@ -5,6 +5,7 @@ import torch
 
 from softhebb.layers import Dropout
 from softhebb.network import build_model
+from softhebb import train
 from softhebb.train import (PrefixCache, extract_features, hebbian_phase, step_lr_milestones, train_hybrid,
                             train_probe)
 
@@ -175,9 +176,14 @@ def test_dropout_reuses_its_mask_storage_without_changing_masks_or_gradients():
     assert torch.equal(a.grad, out_a.detach() / a.detach()) and torch.equal(b.grad, out_b.detach() / b.detach())
 
 
-def test_features_are_the_flattened_nchw_block_outputs():
-    """extract_features computes in channels-last memory layout; values and feature order must not change."""
+@pytest.mark.parametrize("nchw_weight_bytes", [None, 100_000])  # 100 kB: the last conv runs NCHW
+def test_features_are_the_flattened_nchw_block_outputs(nchw_weight_bytes, monkeypatch):
+    """extract_features computes convs channels-last or NCHW (conv_layout); values and feature order must not change."""
+    if nchw_weight_bytes:
+        monkeypatch.setattr(train, "NCHW_WEIGHT_BYTES", nchw_weight_bytes)
     model = build_model("4SoftHebbCnnCIFAR_quarterNeurons", (3, 32, 32), 10, seed=0)
+    layouts = [train.conv_layout(b, torch.zeros(1, b.layer.weight.shape[1], 2, 2)) for b in model.blocks]
+    assert layouts == [torch.channels_last] * 2 + [torch.contiguous_format if nchw_weight_bytes else torch.channels_last]
     x = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8)
     with torch.no_grad():
         ref = model.eval().features(x.float() / 255).flatten(1)
@@ -192,9 +198,13 @@ THREE = {"name": "three", "blocks": [*TINY["blocks"][:1], dict(TINY["blocks"][0]
 
 @pytest.mark.parametrize("shape", [(3, 12, 12), (1, 14, 14)])  # 1 channel: the chain leaves some outputs NCHW
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_prefix_cache_gives_the_same_weights_and_features_as_recomputing_the_prefix(shape, precision):
-    """Successive training from the PrefixCache (each frozen prefix computed once per image, 250 rows at a time)
-    against recomputing it for every batch of 10; then the features made in its buffer against computing them."""
+@pytest.mark.parametrize("nchw_weight_bytes", [None, 1000])  # 1 kB: the frozen second conv runs NCHW
+def test_prefix_cache_gives_the_same_weights_and_features_as_recomputing_the_prefix(shape, precision, nchw_weight_bytes,
+                                                                                     monkeypatch):
+    """Successive training from the PrefixCache (each frozen prefix computed once per image, ``forward_chunk`` rows
+    at a time) against recomputing it for every batch of 10; then the features made in its buffer against computing them."""
+    if nchw_weight_bytes:
+        monkeypatch.setattr(train, "NCHW_WEIGHT_BYTES", nchw_weight_bytes)
     x = torch.randint(0, 256, (70, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     cached, plain = (build_model(THREE, shape, 10, seed=0) for _ in range(2))
     cache = hebbian_phase(cached, x, batch_size=10, epochs=2, seed=1, progress=False, precision=precision)

@@ -26,7 +26,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .layers import PADDING_MODES, SCHEDULES, ChannelSoftmax, Dropout, HebbianConv2d, HebbianLinear, MaxPool2d, Triangle, _HebbianLayer
+from .layers import (PADDING_MODES, SCHEDULES, AvgPool2d, ChannelSoftmax, Dropout, HebbianConv2d, HebbianLinear, MaxPool2d,
+                     Power, Triangle, _HebbianLayer)
 from .plasticity import RULES
 
 CONV_DEFAULTS: dict[str, Any] = dict(
@@ -177,7 +178,7 @@ def _parse_pool(pool: str | None) -> nn.Module | None:
     if pool is None:
         return None
     kind, k, s, p = _pool_params(pool)
-    return MaxPool2d(k, s, p) if kind == "max" else nn.AvgPool2d(k, s, p)
+    return MaxPool2d(k, s, p) if kind == "max" else AvgPool2d(k, s, p)
 
 
 def _parse_activation(act: str | None) -> nn.Module | None:
@@ -254,7 +255,12 @@ class Block(nn.Module):
             pre.append(nn.Flatten())
             self.layer = nn.Linear(n, cfg["out"], bias=False) if cfg["rule"] == "bp" else HebbianLinear(n, cfg["out"], **self._hebb_args(cfg))
         self.pre = nn.Sequential(*pre)
-        self.post = nn.Sequential(*[m for m in (_parse_activation(cfg["activation"]), _parse_pool(cfg.get("pool"))) if m is not None])
+        act, pool = _parse_activation(cfg["activation"]), _parse_pool(cfg.get("pool"))
+        if isinstance(act, Triangle) and act.power != 1.0 and isinstance(pool, nn.MaxPool2d):
+            post = [Triangle(1.0), pool, Power(act.power)]  # the same values, the pow on the pooled map (see Power)
+        else:
+            post = [m for m in (act, pool) if m is not None]
+        self.post = nn.Sequential(*post)
 
     @staticmethod
     def _hebb_args(cfg: dict) -> dict:

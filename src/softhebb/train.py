@@ -136,8 +136,9 @@ class PrefixCache:
     block output: for the CIFAR network as large as the training features, which it becomes.
     """
 
-    def __init__(self, model: SoftHebbNet, images: torch.Tensor, batch_size: int = 250) -> None:
-        self.model, self.images, self.batch_size = model, images, batch_size
+    def __init__(self, model: SoftHebbNet, images: torch.Tensor, batch_size: int | None = None) -> None:
+        self.model, self.images = model, images
+        self.batch_size = batch_size or forward_chunk(model, images.device)
         self.depth, self.shape, self.dtype, self.channels_last = 0, tuple(images.shape[1:]), torch.float32, False
         self.buffer: torch.Tensor | None = None
 
@@ -161,23 +162,52 @@ class PrefixCache:
                 if self.depth == 0:
                     x = _prefix(blocks, as_input(self.images[s:s + self.batch_size]))
                 else:
-                    x = _prefix(blocks, self.rows(torch.arange(s, min(s + self.batch_size, n), device=self.buffer.device)),
-                                images=False)
+                    x = _prefix(blocks, self.rows(torch.arange(s, min(s + self.batch_size, n), device=self.buffer.device)))
                 self.buffer[s:s + x.shape[0], :x[0].numel()] = x.flatten(1)
         self.depth, self.shape, self.dtype = depth, tuple(x.shape[1:]), x.dtype
         self.channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         return self.buffer[:, :math.prod(self.shape)]
 
 
-def _prefix(blocks: Iterable[torch.nn.Module], x: torch.Tensor, images: bool = True) -> torch.Tensor:
-    """Frozen blocks applied to a batch of images (or, ``images=False``, of the outputs of the blocks before, as
-    they left them), images in channels-last memory as every eval-mode path here takes them: +16 % on the CIFAR
-    network on CPU, values equal to NCHW up to rounding."""
-    if images and x.dim() == 4:
-        x = x.contiguous(memory_format=torch.channels_last)
+def _prefix(blocks: Iterable[torch.nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """Frozen blocks applied to a batch, each conv in the memory layout of ``conv_layout``: every eval-mode path
+    goes through here, so they all compute the same values bit for bit."""
     for block in blocks:
-        x = block(x)
+        layout = conv_layout(block, x)
+        x = block(x if layout is None else x.contiguous(memory_format=layout))
     return x
+
+
+NCHW_WEIGHT_BYTES = 16 * 2**20  # frozen CPU convs with larger weights run NCHW (conv_layout)
+
+
+def conv_layout(block: torch.nn.Module, x: torch.Tensor) -> torch.memory_format | None:
+    """Channels-last, except on CPU for conv weights over 16 MiB, where oneDNN's NCHW kernels are faster.
+
+    Measured with 2 threads on an Intel Xeon (fp32 / bf16 GFLOP/s, NCHW vs channels-last): 96→384 3×3
+    177 vs 269 / 613 vs 979, 384→1536 (21 MiB in fp32) 241 vs 223, 768→3072 246 vs 127 / 339 vs 303;
+    the whole CIFAR network's features ran 16 % faster channels-last than NCHW on an AMD EPYC.
+    """
+    w = getattr(getattr(block, "layer", None), "weight", None)
+    if w is None or w.dim() != 4 or x.dim() != 4:
+        return None  # not a conv: its input stays as it is
+    big = x.device.type == "cpu" and w.numel() * x.element_size() > NCHW_WEIGHT_BYTES
+    return torch.contiguous_format if big else torch.channels_last
+
+
+def forward_chunk(model: SoftHebbNet, device: torch.device) -> int:
+    """Rows per forward of the frozen network when the caller gives no batch size: 250 on GPUs; on CPU as many
+    as keep each block's conv output under 16 MiB (about 40 CIFAR images). glibc hands freed blocks over
+    32 MiB back to the system, so every larger tensor is page-faulted in again on the next batch: 900,000
+    faults per 1,000 CIFAR images at 250 rows, and 20-30 % slower features on an Intel Xeon."""
+    if device.type != "cpu":
+        return 250
+    shape, widest = tuple(model.in_shape), 1
+    for block, out in zip(model.blocks, feature_shapes(model.preset, model.in_shape)):
+        spatial = math.prod(shape[1:]) if len(shape) == 3 and block.cfg["type"] == "conv" else 1
+        widest = max(widest, block.cfg["out"] * spatial)  # an upper bound for strided convs
+        shape = out
+    return max(1, (16 * 2**20) // (4 * widest))
 
 
 def _batches(order: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
@@ -352,10 +382,11 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
 
 
 @torch.no_grad()
-def extract_features(model: SoftHebbNet, images: Images, batch_size: int = 250, progress: bool = False,
+def extract_features(model: SoftHebbNet, images: Images, batch_size: int | None = None, progress: bool = False,
                      dtype: torch.dtype = torch.float32, precision: str = "fp32", workers: int = 0,
                      cache: PrefixCache | None = None) -> torch.Tensor:
-    """Flattened outputs of all hidden blocks (eval mode), computed once for the whole probe.
+    """Flattened outputs of all hidden blocks (eval mode), computed once for the whole probe, ``batch_size`` rows
+    at a time (default: ``forward_chunk``).
 
     ``precision="bf16"`` computes them under bf16 autocast; they are stored as ``dtype``. ``cache``: the
     ``PrefixCache`` of ``images`` that ``hebbian_phase`` returned; only the blocks after it run, in its buffer
@@ -372,6 +403,7 @@ def extract_features(model: SoftHebbNet, images: Images, batch_size: int = 250, 
     device = _device(model)
     n = len(images)
     out = torch.empty(n, model.num_features, dtype=dtype, device=device)
+    batch_size = batch_size or forward_chunk(model, device)
     starts = range(0, n, batch_size)
     with _progress(n, "features", progress) as bar, _autocast(device, precision):
         for start, x in zip(starts, _inputs_in_order(images, starts, batch_size, device, workers)):
