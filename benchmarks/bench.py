@@ -171,10 +171,11 @@ def main() -> None:
     baseline_features()
     ref = row(res["features"], "baseline: eval forward", 250, n_feat / timed(baseline_features), sum(fwd), None)
     res["features"][0]["speedup"] = 1.0
-    row(res["features"], "softhebb: extract_features", 250, n_feat / timed(lambda: train.extract_features(model, feat_images)),
+    chunk = train.forward_chunk(model, torch.device("cpu"))  # extract_features' default rows per forward
+    row(res["features"], "softhebb: extract_features", chunk, n_feat / timed(lambda: train.extract_features(model, feat_images)),
         sum(fwd), ref)
     train.extract_features(model, feat_images[:250], precision="bf16")
-    row(res["features"], "softhebb bf16: extract_features", 250,
+    row(res["features"], "softhebb bf16: extract_features", chunk,
         n_feat / timed(lambda: train.extract_features(model, feat_images, precision="bf16")), sum(fwd), ref)
     del feat_data, feat_images
     res["rss_after_features_mb"] = peak_rss_mb()

@@ -126,7 +126,7 @@ def iterate_batches(images: Images, batches: Sequence[torch.Tensor], device: tor
 
 class PrefixCache:
     """The output of the frozen blocks [0, depth) for every image of an in-memory set, in one buffer that is
-    advanced in place a block at a time (eval mode, ``batch_size`` rows at a time).
+    advanced in place a block at a time (eval mode, ``batch_size`` rows at a time, by default ``forward_chunk``).
 
     A successive Hebbian stage gathers its input rows from it instead of recomputing its frozen prefix for every
     batch, and once the last stage is trained one more advance turns the buffer into the training features
