@@ -9,9 +9,11 @@ Measures, with torch.get_num_threads() threads and random uint8 images (no datas
     batch) training each block alone (successive stages; the last is the most expensive) and all
     blocks simultaneously, vs softhebb's hebbian_phase (successive: per-stage time from its log,
     only the prefix is computed; simultaneous) at several batch sizes;
-  * feature extraction img/s (softhebb extract_features, batch 250, vs the baseline's eval forward);
+  * feature extraction img/s (softhebb extract_features in its default chunks, vs the baseline's eval forward
+    at batch 250);
   * the same two with --precision bf16 (bf16 autocast; its % of peak is still against the fp32 peak);
   * seconds per probe epoch on random cached features (train_probe vs Dropout + Linear + Adam);
+    features and probe: best of --repeats timings, like the peak; Hebbian rows: one timing each;
   * peak RSS.
 FLOPs are analytic ("useful" work, the same count for both paths): a conv forward is
 2·K·(C/g)·kh·kw·Ho·Wo per image; a Hebbian step of a layer is 2× its forward (u, then Σỹx);
@@ -55,16 +57,20 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def timed(fn, reps: int = 1) -> float:
+    """Seconds of fn(), the best of ``reps`` calls: this machine's speed drifts by ±15 % within minutes."""
+    best = float("inf")
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def matmul_gflops(n: int, reps: int) -> float:
     a, b = torch.randn(n, n), torch.randn(n, n)
     a @ b  # warm-up
-    return 2 * n**3 / min(timed(lambda: a @ b) for _ in range(reps)) / 1e9
+    return 2 * n**3 / timed(lambda: a @ b, reps) / 1e9
 
 
 @torch.no_grad()
@@ -115,6 +121,7 @@ def main() -> None:
     ap.add_argument("--probe-rows", type=int, default=None, help="rows of random probe features (default 50000)")
     ap.add_argument("--batches", type=int, nargs="+", default=None, help="softhebb Hebbian batch sizes (default 10 32 64 128)")
     ap.add_argument("--matmul", type=int, default=None, help="matmul size for the fp32 peak (default 4096)")
+    ap.add_argument("--repeats", type=int, default=3, help="best of this many timings for features and probe (default 3)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     a = ap.parse_args()
@@ -169,14 +176,14 @@ def main() -> None:
 
     train.extract_features(model, feat_images[:250])  # warm-up
     baseline_features()
-    ref = row(res["features"], "baseline: eval forward", 250, n_feat / timed(baseline_features), sum(fwd), None)
+    ref = row(res["features"], "baseline: eval forward", 250, n_feat / timed(baseline_features, a.repeats), sum(fwd), None)
     res["features"][0]["speedup"] = 1.0
     chunk = train.forward_chunk(model, torch.device("cpu"))  # extract_features' default rows per forward
-    row(res["features"], "softhebb: extract_features", chunk, n_feat / timed(lambda: train.extract_features(model, feat_images)),
+    row(res["features"], "softhebb: extract_features", chunk, n_feat / timed(lambda: train.extract_features(model, feat_images), a.repeats),
         sum(fwd), ref)
     train.extract_features(model, feat_images[:250], precision="bf16")
     row(res["features"], "softhebb bf16: extract_features", chunk,
-        n_feat / timed(lambda: train.extract_features(model, feat_images, precision="bf16")), sum(fwd), ref)
+        n_feat / timed(lambda: train.extract_features(model, feat_images, precision="bf16"), a.repeats), sum(fwd), ref)
     del feat_data, feat_images
     res["rss_after_features_mb"] = peak_rss_mb()
 
@@ -184,9 +191,9 @@ def main() -> None:
     y = torch.randint(0, CLASSES, (rows,))
     head = nn.Sequential(nn.Dropout(0.5), nn.Linear(model.num_features, CLASSES))
     opt = torch.optim.Adam(head.parameters(), lr=1e-3)
-    t_base = timed(lambda: original.probe_epoch(x, y, head, opt))
+    t_base = timed(lambda: original.probe_epoch(x, y, head, opt), a.repeats)
     n_test = min(rows, 1000)  # train_probe evaluates a test set after epoch 1: a small one
-    t_fast = timed(lambda: train.train_probe(model, x, y, x[:n_test], y[:n_test], epochs=1, progress=False))
+    t_fast = timed(lambda: train.train_probe(model, x, y, x[:n_test], y[:n_test], epochs=1, progress=False), a.repeats)
     res["probe"] = {"rows": rows, "features": model.num_features, "baseline_s_per_epoch": t_base,
                     "softhebb_s_per_epoch": t_fast, "speedup": t_base / t_fast}
     del x
