@@ -5,5 +5,5 @@ from .network import SoftHebbNet, build_model, get_preset, list_presets
 
 __version__ = "0.1.0"
 
-__all__ = ["HebbianConv2d", "HebbianLinear", "Triangle", "Power", "ChannelSoftmax", "Dropout", "hebbian_layers", "hebbian_step",
-           "SoftHebbNet", "build_model", "get_preset", "list_presets"]
+__all__ = ["HebbianConv2d", "HebbianLinear", "Triangle", "Power", "ChannelSoftmax", "Dropout", "hebbian_layers",
+           "hebbian_step", "SoftHebbNet", "build_model", "get_preset", "list_presets"]

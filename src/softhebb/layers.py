@@ -17,6 +17,7 @@ gradients still flow *through* the layer to its input (useful for attacks and vi
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -377,7 +378,7 @@ class Dropout(nn.Module):
         return f"p={self.p:g}"
 
 
-def _pool_channels_last(pool: nn.Module, forward, x: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def _pool_channels_last(pool: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     if (x.device.type == "cpu" and x.dim() == 4 and not getattr(pool, "return_indices", False)
             and not x.is_contiguous(memory_format=torch.channels_last)):
         return forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
