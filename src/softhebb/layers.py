@@ -305,8 +305,8 @@ class Triangle(nn.Module):
 
 class Power(nn.Module):
     """x^power on non-negative inputs. A block's Triangle(p) → MaxPool becomes Triangle(1) → MaxPool → Power(p):
-    t ↦ t^p is increasing on t ≥ 0, so the values are the same, and the costly pow runs on the pooled map
-    (4× fewer elements with the paper's max_4_2_1)."""
+    t ↦ t^p is increasing on t ≥ 0, so the values are the same (up to pow's last-bit rounding), and the costly pow
+    runs on the pooled map (4× fewer elements with the paper's max_4_2_1)."""
 
     def __init__(self, power: float) -> None:
         super().__init__()

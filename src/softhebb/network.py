@@ -257,7 +257,7 @@ class Block(nn.Module):
         self.pre = nn.Sequential(*pre)
         act, pool = _parse_activation(cfg["activation"]), _parse_pool(cfg.get("pool"))
         if isinstance(act, Triangle) and act.power != 1.0 and isinstance(pool, nn.MaxPool2d):
-            post = [Triangle(1.0), pool, Power(act.power)]  # the same values, the pow on the pooled map (see Power)
+            post = [Triangle(1.0), pool, Power(act.power)]  # the pow on the pooled map: see Power
         else:
             post = [m for m in (act, pool) if m is not None]
         self.post = nn.Sequential(*post)
