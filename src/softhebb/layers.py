@@ -276,16 +276,11 @@ class HebbianLinear(_HebbianLayer):
 def triangle(x: torch.Tensor, power: float = 1.0) -> torch.Tensor:
     """relu(x − mean over channels)^power, with the mean treated as a constant for gradients."""
     out = F.relu_(x - x.mean(dim=1, keepdim=True).detach())  # in place on the fresh centred copy: fewer large allocations
-    return _power(out, power, own=True)
-
-
-def _power(x: torch.Tensor, power: float, own: bool) -> torch.Tensor:
-    """x^power, in place when ``x`` is a fresh tensor of ours (``own``) that nothing else needs."""
     if power == 1.0:
-        return x
-    if not own or (torch.is_grad_enabled() and x.requires_grad) or torch.is_autocast_enabled(x.device.type):
-        return x.pow(power)  # autograd needs pow's input; CUDA autocast computes pow in fp32, pow_ would not
-    return x.pow_(power)
+        return out
+    if (torch.is_grad_enabled() and out.requires_grad) or torch.is_autocast_enabled(out.device.type):
+        return out.pow(power)  # autograd needs pow's input; CUDA autocast computes pow in fp32, pow_ would not
+    return out.pow_(power)
 
 
 class Triangle(nn.Module):
@@ -314,7 +309,7 @@ class Power(nn.Module):
         self.power = float(power)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _power(x, self.power, own=False)
+        return x.pow(self.power)
 
     def extra_repr(self) -> str:
         return f"power={self.power:g}"
