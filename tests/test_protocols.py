@@ -16,7 +16,7 @@ import torch
 pytest.importorskip("PIL")
 
 from softhebb import data, run as run_module, train  # noqa: E402
-from softhebb.augment import augment_batch  # noqa: E402
+from softhebb.augment import affine_warp, augment_batch  # noqa: E402
 from softhebb.network import build_model  # noqa: E402
 from softhebb.run import PROTOCOLS, RunConfig, RunError, run  # noqa: E402
 from test_data_more import imagenette_tree, stl_images, write_stl, write_tree  # noqa: E402
@@ -160,6 +160,37 @@ def test_shift_translates_by_at_most_two_pixels_without_flipping():
     assert len(set(offsets)) >= 20  # of the 25: every offset is drawn, not a fixed one
 
 
+def test_affine_warp_reference_cases():
+    x = torch.rand(3, 2, 9, 9)
+    one, none = torch.ones(3), torch.zeros(3, 2)
+    # pixel centres land on pixel centres, so bilinear sampling returns the pixels themselves
+    assert torch.allclose(affine_warp(x, torch.zeros(3), one, none), x, atol=1e-6)
+    assert torch.allclose(affine_warp(x, torch.full((3,), 90.0), one, none), x.rot90(1, dims=(2, 3)), atol=1e-5)
+    moved = affine_warp(x, torch.zeros(3), one, torch.tensor([[2.0, -1.0]] * 3))  # 2 px right, 1 px up
+    assert torch.allclose(moved[:, :, :8, 2:], x[:, :, 1:, :7], atol=1e-6)
+    assert moved[:, :, :, :2].abs().max() == 0 and moved[:, :, 8].abs().max() == 0  # zeros come in
+
+
+def test_affine_warp_scales_about_the_centre():
+    ys, xs = torch.meshgrid(torch.arange(31.0), torch.arange(31.0), indexing="ij")
+    disc = (((xs - 15) ** 2 + (ys - 15) ** 2) <= 49).float()[None, None]
+    for factor in (0.9, 1.1):
+        out = affine_warp(disc, torch.tensor([17.0]), torch.tensor([factor]), torch.tensor([[1.5, 0.5]]))
+        mass = out.sum()
+        assert abs(float(mass / disc.sum()) - factor ** 2) < 0.03  # area scales by factor²
+        centre = ((out[0, 0] * xs).sum() / mass - 15, (out[0, 0] * ys).sum() / mass - 15)
+        assert abs(float(centre[0]) - 1.5) < 1e-3 and abs(float(centre[1]) - 0.5) < 1e-3
+
+
+def test_affine_draws_vary_per_image_and_repeat_with_the_seed():
+    x = torch.rand(32, 1, 28, 28)
+    a, b = (augment_batch(x, "affine", torch.Generator().manual_seed(5)) for _ in range(2))
+    assert torch.equal(a, b) and a.shape == x.shape
+    assert not torch.equal(a, augment_batch(x, "affine", torch.Generator().manual_seed(6)))
+    same = augment_batch(x[:1].expand(32, -1, -1, -1), "affine", torch.Generator().manual_seed(5))
+    assert len({round(float(v), 4) for v in same.sum((1, 2, 3))}) == 32  # a different transform for every image
+
+
 def test_noise_adds_unit_gaussian_noise_reproducibly():
     x = torch.rand(200, 1, 28, 28)
     a, b = (augment_batch(x, "noise", torch.Generator().manual_seed(1)) for _ in range(2))
@@ -170,7 +201,7 @@ def test_noise_adds_unit_gaussian_noise_reproducibly():
         augment_batch(x, "flip")
 
 
-@pytest.mark.parametrize("name", ["shift", "noise"])
+@pytest.mark.parametrize("name", ["shift", "affine", "noise"])
 def test_named_augmentation_is_the_same_from_a_tensor_a_dataset_and_workers(tmp_path, name):
     ds = data.load_dataset("stl10", "train", stl_tree(tmp_path).parent.parent, verify=False)
     batches, seeds = [torch.arange(0, 5), torch.arange(5, 12)], [7, 8]

@@ -11,7 +11,7 @@ import torch
 
 from .data import DATA_ENV, DATASETS, DatasetError
 from .network import PresetError, get_preset, list_presets
-from .run import RunConfig, RunError, evaluate_run, run, run_name
+from .run import PROBE_AUGMENTS, RunConfig, RunError, evaluate_run, run, run_name
 from . import distributed, reproduce, search as search_cli
 from .analysis import report as analysis_report
 
@@ -77,9 +77,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--probe-batch", type=int, default=None,
                    help="linear-probe batch size (default: the dataset's protocol: 64; ImageNette/ImageNet 32)")
     t.add_argument("--probe-lr", type=float, default=1e-3, help="linear-probe Adam learning rate (halved on the paper's schedule)")
-    t.add_argument("--probe-augment", default=None, choices=["none", "dataset", "shift", "noise"],
+    t.add_argument("--probe-augment", default=None, choices=PROBE_AUGMENTS,
                    help="train the probe on augmented images, recomputing the features every epoch: dataset = its own "
                    "(crop + flip; RandomResizedCrop + flip for image folders), shift = random translation by up to 2 px, "
+                   "affine = random rotation (±10°), scaling (0.9-1.1) and translation (±2 px), "
                    "noise = + N(0, 1) (the original's MNIST augmentation). Default: the dataset's protocol "
                    "(none on CIFAR and MNIST, dataset on STL-10, ImageNette, ImageNet)")
     t.add_argument("--probe-views", type=positive_int, default=1, metavar="K",

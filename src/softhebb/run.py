@@ -101,7 +101,7 @@ class RunConfig:
     random_bn: str = "identity"  # with hebb_epochs=0: identity BNs (the paper's Random) or "data" statistics
     bp_mode: str = "end-to-end"  # backprop presets: "end-to-end" or "layerwise" (the original's successive)
     workers: int | None = None  # decoding processes for image folders (None: up to 8); never changes results
-    # None: the dataset's protocol; "none"; "dataset" (its own, reference §4.3); "shift" or "noise" (softhebb.augment)
+    # None: the dataset's protocol; "none"; "dataset" (its own, reference §4.3); "shift", "affine" or "noise" (softhebb.augment)
     probe_augment: str | None = None
     probe_dropout: float | None = None  # None: the preset's classifier dropout
     # > 1 with probe augmentation: features of that many augmented copies of each training image, computed once;

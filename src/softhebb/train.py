@@ -35,7 +35,7 @@ Checkpoint = Callable[[dict], None]
 
 Images = Union[torch.Tensor, DatasetLike]
 # False: none; True: the dataset's own training augmentation (reference §4.3: crop + flip for arrays,
-# RandomResizedCrop + flip for image folders); a name of augment.BATCH_AUGMENTATIONS ("shift", "noise").
+# RandomResizedCrop + flip for image folders); a name of augment.BATCH_AUGMENTATIONS ("shift", "affine", "noise").
 Augment = Union[bool, str]
 
 
