@@ -1,5 +1,8 @@
 """Hebbian phase schedules, the probe, and the dropout used by the classifier head."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -230,3 +233,30 @@ def test_no_prefix_cache_where_it_cannot_apply():
     one = {"name": "one", "blocks": TINY["blocks"][:1]}
     assert hebbian_phase(build_model(one, (3, 12, 12), 10, seed=0), x, progress=False) is None  # no prefix at all
     assert hebbian_phase(build_model(THREE, (3, 12, 12), 10, seed=0), x, progress=False, augment=True) is None
+
+
+_FAULTS_SCRIPT = """
+import resource, torch
+from softhebb import train
+
+def faults():  # minor page faults of 5 allocate-fill-free rounds of a 64 MiB tensor
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(5):
+        torch.ones(16 * 2**20)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+outside = faults()
+with train.reuse_freed_memory():
+    inside = faults()
+print(outside, inside, faults())
+"""
+
+
+@pytest.mark.skipif(train._glibc() is None, reason="glibc's allocator only")
+def test_reuse_freed_memory_keeps_large_blocks_for_the_next_allocation():
+    # a fresh process: the allocator's state is process-wide, and other tests change it
+    out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True, check=True)
+    outside, inside, after = map(int, out.stdout.split())
+    assert outside > 4 * 16384 * 0.9  # each round gets fresh pages from the system
+    assert inside < outside / 2  # the first round's pages are reused
+    assert after > 16384 * 0.9  # on exit the free pages went back to the system
