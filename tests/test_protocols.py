@@ -16,6 +16,7 @@ import torch
 pytest.importorskip("PIL")
 
 from softhebb import data, run as run_module, train  # noqa: E402
+from softhebb import augment  # noqa: E402
 from softhebb.augment import affine_warp, augment_batch  # noqa: E402
 from softhebb.network import build_model  # noqa: E402
 from softhebb.run import PROTOCOLS, RunConfig, RunError, run  # noqa: E402
@@ -189,6 +190,16 @@ def test_affine_draws_vary_per_image_and_repeat_with_the_seed():
     assert not torch.equal(a, augment_batch(x, "affine", torch.Generator().manual_seed(6)))
     same = augment_batch(x[:1].expand(32, -1, -1, -1), "affine", torch.Generator().manual_seed(5))
     assert len({round(float(v), 4) for v in same.sum((1, 2, 3))}) == 32  # a different transform for every image
+
+
+def test_random_affine_draws_inside_its_ranges(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(augment, "affine_warp", lambda x, d, f, t: seen.update(d=d, f=f, t=t) or x)
+    augment.random_affine(torch.zeros(4000, 1, 4, 4), generator=torch.Generator().manual_seed(0))
+    d, f, t = seen["d"], seen["f"], seen["t"]
+    assert 9.9 < d.abs().max() <= 10 and d.min() < -9.9  # both directions, up to 10 degrees
+    assert 0.9 <= f.min() < 0.901 and 1.099 < f.max() <= 1.1
+    assert t.shape == (4000, 2) and 1.99 < t.abs().max() <= 2 and (t < -1.99).any(0).all()  # both axes
 
 
 def test_noise_adds_unit_gaussian_noise_reproducibly():
