@@ -230,8 +230,8 @@ def reuse_freed_memory() -> Iterator[None]:
     elsewhere a no-op). glibc hands every freed block over 32 MiB back to the system, so a training step whose
     tensors are larger page-faults them all in again: at Hebbian batch 128 on CIFAR (50 MB per activation)
     about 1,600 faults per image, and 10-20 % slower on an Intel Xeon (docs/RESULTS.md). On exit, glibc's
-    settled defaults come back and the free memory is returned to the system. ``hebbian_phase`` on CPU runs
-    inside it."""
+    settled defaults come back (replacing any MALLOC_* environment settings) and the free memory is returned
+    to the system. ``hebbian_phase`` on CPU runs inside it."""
     libc = _glibc()
     if libc is None:
         yield
