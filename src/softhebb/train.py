@@ -231,7 +231,7 @@ def reuse_freed_memory() -> Iterator[None]:
     tensors are larger page-faults them all in again: at Hebbian batch 128 on CIFAR (50 MB per activation)
     about 1,600 faults per image, and 10-20 % slower on an Intel Xeon (docs/RESULTS.md). On exit, glibc's
     settled defaults come back (replacing any MALLOC_* environment settings) and the free memory is returned
-    to the system. ``hebbian_phase`` on CPU runs inside it."""
+    to the system. Every CPU epoch of ``hebbian_phase`` runs inside it."""
     libc = _glibc()
     if libc is None:
         yield
@@ -323,70 +323,71 @@ def hebbian_phase(
     if parallel is not None:
         parallel.check_batches(n, batch_size)
         parallel.sync_batchnorm(model)  # the trained block's BN must see the global batch's statistics
-    with reuse_freed_memory() if device.type == "cpu" else contextlib.nullcontext():
-        for s, stage in enumerate(stages):
-            if s < first[0]:
+    keep_memory = reuse_freed_memory if device.type == "cpu" else contextlib.nullcontext
+    for s, stage in enumerate(stages):
+        if s < first[0]:
+            continue
+        depth = max(stage) + 1
+        layers = [model.blocks[i].layer for i in stage]
+        model.eval()
+        for i in stage:
+            model.blocks[i].train()
+        for layer in layers:
+            layer.total_updates = epochs * n / batch_size
+            layer.zero_pending()  # a stray forward before training must not leak into the first step
+            if (s, 0, 0) >= first:  # a resumed stage keeps its restored counters
+                layer.reset_stats()
+        done_before = (first[1] * n_batches + first[2]) if s == first[0] else 0
+        update0 = [int(layer.num_updates) - done_before for layer in layers]  # to name the batch of a NaN
+        start_time = time.perf_counter()
+        name = "+".join(str(i) for i in stage)
+        for epoch in range(epochs):
+            if (s, epoch) < first[:2]:
                 continue
-            depth = max(stage) + 1
-            layers = [model.blocks[i].layer for i in stage]
-            model.eval()
-            for i in stage:
-                model.blocks[i].train()
-            for layer in layers:
-                layer.total_updates = epochs * n / batch_size
-                layer.zero_pending()  # a stray forward before training must not leak into the first step
-                if (s, 0, 0) >= first:  # a resumed stage keeps its restored counters
-                    layer.reset_stats()
-            done_before = (first[1] * n_batches + first[2]) if s == first[0] else 0
-            update0 = [int(layer.num_updates) - done_before for layer in layers]  # to name the batch of a NaN
-            start_time = time.perf_counter()
-            name = "+".join(str(i) for i in stage)
-            for epoch in range(epochs):
-                if (s, epoch) < first[:2]:
-                    continue
-                skip = first[2] if (s, epoch) == first[:2] else 0
-                with _progress(n, f"hebbian block {name} epoch {epoch + 1}/{epochs}", progress) as bar, torch.no_grad():
-                    bar.update(min(skip * batch_size, n))
-                    batches = list(_batches(orders[epoch], batch_size))[skip:]
-                    if cache is not None and depth > 1:
-                        if cache.depth != depth - 1:
-                            cache.advance(depth - 1, precision)
-                        inputs, before = (cache.rows(idx) for idx in batches), []
-                    else:
-                        local = [parallel.shard(idx) for idx in batches] if parallel is not None else batches
-                        seeds = [batch_seed(seed, s, epoch, b) for b in range(skip, n_batches)]
-                        inputs, before = iterate_batches(images, local, device, augment, seeds, workers), model.blocks[:depth - 1]
-                    for b, idx, x in zip(range(skip, n_batches), batches, inputs):
-                        with _autocast(device, precision):
-                            if mode == "successive":  # frozen blocks in eval mode: computed as every eval-mode path does
-                                h = _prefix(before, x) if len(before) else x
-                            else:  # blocks learning from this same batch: NCHW, as the Hebbian layers take it
-                                h = x
-                                for block in before:
-                                    h = block(h)
-                            last = model.blocks[depth - 1]
-                            # NCHW into the trained layer; its activation and pool are not needed
-                            last.layer(last.pre(h.contiguous()))
-                        if parallel is not None:
-                            parallel.reduce_pending(layers)
-                        for layer in layers:
-                            layer.step()
-                        bar.update(idx.numel())
-                        if on_batch is not None:
-                            on_batch({"stage": s, "epoch": epoch, "batch": b + 1})
-                        if checkpoint_every and (b + 1) % checkpoint_every == 0 and b + 1 < n_batches:
-                            _check_finite(model, stage, update0, n_batches)
-                            if checkpoint:
-                                with _summed_counters(parallel, layers):
-                                    checkpoint({"stage": s, "epoch": epoch, "batch": b + 1})
-                _check_finite(model, stage, update0, n_batches)
-                with _summed_counters(parallel, layers):
-                    if checkpoint and checkpoint_every:
-                        checkpoint({"stage": s, "epoch": epoch, "batch": n_batches})
-                    if log:
-                        for i in stage:
-                            log({"phase": "hebbian", "block": i, "epoch": epoch + 1,
-                                 "seconds": round(time.perf_counter() - start_time, 3), **model.blocks[i].layer.stats()})
+            skip = first[2] if (s, epoch) == first[:2] else 0
+            with _progress(n, f"hebbian block {name} epoch {epoch + 1}/{epochs}", progress) as bar, torch.no_grad(), \
+                keep_memory():
+                bar.update(min(skip * batch_size, n))
+                batches = list(_batches(orders[epoch], batch_size))[skip:]
+                if cache is not None and depth > 1:
+                    if cache.depth != depth - 1:
+                        cache.advance(depth - 1, precision)
+                    inputs, before = (cache.rows(idx) for idx in batches), []
+                else:
+                    local = [parallel.shard(idx) for idx in batches] if parallel is not None else batches
+                    seeds = [batch_seed(seed, s, epoch, b) for b in range(skip, n_batches)]
+                    inputs, before = iterate_batches(images, local, device, augment, seeds, workers), model.blocks[:depth - 1]
+                for b, idx, x in zip(range(skip, n_batches), batches, inputs):
+                    with _autocast(device, precision):
+                        if mode == "successive":  # frozen blocks in eval mode: computed as every eval-mode path does
+                            h = _prefix(before, x) if len(before) else x
+                        else:  # blocks learning from this same batch: NCHW, as the Hebbian layers take it
+                            h = x
+                            for block in before:
+                                h = block(h)
+                        last = model.blocks[depth - 1]
+                        # NCHW into the trained layer; its activation and pool are not needed
+                        last.layer(last.pre(h.contiguous()))
+                    if parallel is not None:
+                        parallel.reduce_pending(layers)
+                    for layer in layers:
+                        layer.step()
+                    bar.update(idx.numel())
+                    if on_batch is not None:
+                        on_batch({"stage": s, "epoch": epoch, "batch": b + 1})
+                    if checkpoint_every and (b + 1) % checkpoint_every == 0 and b + 1 < n_batches:
+                        _check_finite(model, stage, update0, n_batches)
+                        if checkpoint:
+                            with _summed_counters(parallel, layers):
+                                checkpoint({"stage": s, "epoch": epoch, "batch": b + 1})
+            _check_finite(model, stage, update0, n_batches)
+            with _summed_counters(parallel, layers):
+                if checkpoint and checkpoint_every:
+                    checkpoint({"stage": s, "epoch": epoch, "batch": n_batches})
+                if log:
+                    for i in stage:
+                        log({"phase": "hebbian", "block": i, "epoch": epoch + 1,
+                             "seconds": round(time.perf_counter() - start_time, 3), **model.blocks[i].layer.stats()})
     model.eval()
     return cache
 
