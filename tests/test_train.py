@@ -255,8 +255,8 @@ print(outside, inside, faults())
 @pytest.mark.skipif(train._glibc() is None, reason="glibc's allocator only")
 def test_reuse_freed_memory_keeps_large_blocks_for_the_next_allocation():
     # a fresh process: the allocator's state is process-wide, and other tests change it.
-    # The second tensor is smaller than the freed one, so that it fits the freed block wherever later small
-    # allocations left it: the same sizes again may not fit beside them (alignment slack) and grow the heap instead.
+    # The second tensor is smaller than the freed one, so it fits the freed block wherever later small allocations
+    # split it off; a same-size tensor can miss it and grow the heap instead (seen in CI, 4 of 5 rounds).
     out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True, check=True)
     outside, inside, after = map(int, out.stdout.split())
     pages = 12 * 2**20 * 4 // 4096
