@@ -63,6 +63,19 @@ class DatasetError(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Protocol:
+    """A dataset's training protocol in the paper (reference §4.2); run options left unset take these."""
+    in_memory: bool = True  # held as a uint8 tensor; features computed once unless the probe augments
+    hebb_split: str = "train"  # the Hebbian phase's split (STL-10: its 100,000 unlabeled images)
+    hebb_batch: int = 10
+    hebb_images: int | None = None  # a seeded random sample of the split for the Hebbian phase (ImageNet: 10 %)
+    hebb_augment: bool = False
+    probe_epochs: int = 50
+    probe_batch: int = 64
+    probe_augment: bool = False  # features recomputed from augmented images every probe epoch
+
+
+@dataclass(frozen=True)
 class DatasetInfo:
     name: str
     folder: str  # sub-folder of the data root
@@ -71,6 +84,7 @@ class DatasetInfo:
     url: str  # base URL of the IDX files, URL of the archive, or where to get it by hand
     splits: tuple[str, ...] = SPLITS
     n_classes: int = 0  # class count when `classes` is empty
+    protocol: Protocol = Protocol()
 
     @property
     def num_classes(self) -> int:
@@ -354,12 +368,16 @@ DATASETS: dict[str, DatasetInfo] = {
         "stl10", "stl10", (3, 96, 96),
         ("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"),
         "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
-        splits=("train", "test", "unlabeled", "train+unlabeled")),
+        splits=("train", "test", "unlabeled", "train+unlabeled"),
+        protocol=Protocol(in_memory=False, hebb_split="unlabeled", hebb_batch=32, probe_epochs=100, probe_augment=True)),
     # Folder datasets: "test" is the official val/ folder; images are resized to the reference's 160 px.
     "imagenette": DatasetInfo("imagenette", "imagenette", (3, 160, 160), _IMAGENETTE_WNIDS,
-                              "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz"),
+                              "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-160.tgz",
+                              protocol=Protocol(in_memory=False, probe_epochs=200, probe_batch=32, probe_augment=True)),
+    # all 1,281,167 training images for the probe (the original drew only from the first 1,000,000)
     "imagenet": DatasetInfo("imagenet", "imagenet", (3, 160, 160), (), "https://image-net.org/download-images",
-                            n_classes=1000),
+                            n_classes=1000, protocol=Protocol(in_memory=False, hebb_images=128_116, hebb_augment=True,
+                                                              probe_epochs=200, probe_batch=32, probe_augment=True)),
 }
 AnyDataset = Union[ImageDataset, ChainedDataset, FolderDataset]
 

@@ -38,7 +38,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 
 from . import __version__, distributed
-from .data import DATASETS, load_dataset, random_subset, subset_indices
+from .data import DATASETS, Protocol, load_dataset, random_subset, subset_indices
 from .layers import _HebbianLayer
 from .network import PresetError, SoftHebbNet, build_model, feature_shapes, get_preset, resolve_preset
 from .baselines import BP_MODES, RANDOM_BN, calibrate_batchnorm, train_backprop
@@ -47,29 +47,11 @@ from .train import (MODES, PRECISIONS, Augment, NonFiniteError, StreamedFeatures
                     PrefixCache, feature_views, hebbian_phase, train_hybrid, train_probe)
 
 CHECKPOINT = "checkpoint.safetensors"
-IN_MEMORY = ("mnist", "fashion-mnist", "cifar10", "cifar100")  # held as uint8 tensors; features once unless augmented
 RUN_MODES = (*MODES, "hybrid")
 
 
-@dataclass(frozen=True)
-class Protocol:
-    """A dataset's training protocol in the paper (reference §4.2); RunConfig fields left at None take these."""
-    hebb_split: str = "train"  # the Hebbian phase's split (STL-10: its 100,000 unlabeled images)
-    hebb_batch: int = 10
-    hebb_images: int | None = None  # a seeded random sample of the split for the Hebbian phase (ImageNet: 10 %)
-    hebb_augment: bool = False
-    probe_epochs: int = 50
-    probe_batch: int = 64
-    probe_augment: bool = False  # features recomputed from augmented images every probe epoch
-
-
-PROTOCOLS: dict[str, Protocol] = {
-    **{name: Protocol() for name in IN_MEMORY},
-    "stl10": Protocol(hebb_split="unlabeled", hebb_batch=32, probe_epochs=100, probe_augment=True),
-    "imagenette": Protocol(probe_epochs=200, probe_batch=32, probe_augment=True),
-    # all 1,281,167 training images for the probe (the original drew only from the first 1,000,000)
-    "imagenet": Protocol(hebb_images=128_116, hebb_augment=True, probe_epochs=200, probe_batch=32, probe_augment=True),
-}
+PROTOCOLS: dict[str, Protocol] = {name: info.protocol for name, info in DATASETS.items()}
+IN_MEMORY = tuple(name for name, p in PROTOCOLS.items() if p.in_memory)
 PROBE_AUGMENTS = ("none", "dataset", *BATCH_AUGMENTATIONS)
 CACHED_TEST_FEATURES_BYTES = 2 << 30
 RUN_FILES = ("result.json", "metrics.jsonl", "model.safetensors", "config.json", CHECKPOINT)
