@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from softhebb import train
+from softhebb import batching, features, hebbian, probe
 from softhebb.network import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -103,10 +103,10 @@ def softhebb_hebbian(preset: str, images: torch.Tensor, mode: str, batch: int, s
                      precision: str = "fp32") -> dict[int, float]:
     """img/s of each stage of hebbian_phase (successive: one per block; simultaneous: one for all)."""
     model = build_model(preset, SHAPE, CLASSES, seed=seed)
-    train.hebbian_phase(model, images[:max(2 * batch, 20)], mode, batch_size=batch, progress=False,
+    hebbian.hebbian_phase(model, images[:max(2 * batch, 20)], mode, batch_size=batch, progress=False,
                         precision=precision)  # warm-up
     seconds: dict[int, float] = {}
-    total = timed(lambda: train.hebbian_phase(model, images, mode, batch_size=batch, progress=False, precision=precision,
+    total = timed(lambda: hebbian.hebbian_phase(model, images, mode, batch_size=batch, progress=False, precision=precision,
                                               log=lambda row: seconds.__setitem__(row["block"], row["seconds"])))
     if mode == "simultaneous":
         return {-1: images.shape[0] / total}
@@ -147,7 +147,7 @@ def main() -> None:
     fwd, last = conv_flops(model), len(model.blocks) - 1
     every = list(range(len(model.blocks)))
     images = torch.randint(0, 256, (n_img, *SHAPE), dtype=torch.uint8)
-    data = train.as_input(images.clone())  # the original preloads float images
+    data = batching.as_input(images.clone())  # the original preloads float images
 
     def row(table: list, name: str, batch: int, ips: float, flops: int, ref: float | None) -> float:
         table.append({"name": name, "batch": batch, "img_per_s": ips, "gflops": ips * flops / 1e9,
@@ -177,23 +177,23 @@ def main() -> None:
     res["rss_after_hebbian_mb"] = peak_rss_mb()
 
     feat_images = torch.randint(0, 256, (n_feat, *SHAPE), dtype=torch.uint8)
-    net, feat_data = original.OriginalNet(model), train.as_input(feat_images.clone())
+    net, feat_data = original.OriginalNet(model), batching.as_input(feat_images.clone())
 
     def baseline_features() -> None:
         with torch.no_grad():
             for chunk in feat_data.split(250):
                 net(chunk)
 
-    train.extract_features(model, feat_images[:250])  # warm-up
+    features.extract_features(model, feat_images[:250])  # warm-up
     baseline_features()
     ref = row(res["features"], "baseline: eval forward", 250, n_feat / timed(baseline_features, a.repeats), sum(fwd), None)
     res["features"][0]["speedup"] = 1.0
-    chunk = train.forward_chunk(model, torch.device("cpu"))  # extract_features' default rows per forward
-    row(res["features"], "softhebb: extract_features", chunk, n_feat / timed(lambda: train.extract_features(model, feat_images), a.repeats),
+    chunk = features.forward_chunk(model, torch.device("cpu"))  # extract_features' default rows per forward
+    row(res["features"], "softhebb: extract_features", chunk, n_feat / timed(lambda: features.extract_features(model, feat_images), a.repeats),
         sum(fwd), ref)
-    train.extract_features(model, feat_images[:250], precision="bf16")
+    features.extract_features(model, feat_images[:250], precision="bf16")
     row(res["features"], "softhebb bf16: extract_features", chunk,
-        n_feat / timed(lambda: train.extract_features(model, feat_images, precision="bf16"), a.repeats), sum(fwd), ref)
+        n_feat / timed(lambda: features.extract_features(model, feat_images, precision="bf16"), a.repeats), sum(fwd), ref)
     del feat_data, feat_images
     sample_peak()
     res["rss_after_features_mb"] = peak_rss_mb()
@@ -204,7 +204,7 @@ def main() -> None:
     opt = torch.optim.Adam(head.parameters(), lr=1e-3)
     t_base = timed(lambda: original.probe_epoch(x, y, head, opt), a.repeats)
     n_test = min(rows, 1000)  # train_probe evaluates a test set after epoch 1: a small one
-    t_fast = timed(lambda: train.train_probe(model, x, y, x[:n_test], y[:n_test], epochs=1, progress=False), a.repeats)
+    t_fast = timed(lambda: probe.train_probe(model, x, y, x[:n_test], y[:n_test], epochs=1, progress=False), a.repeats)
     res["probe"] = {"rows": rows, "features": model.num_features, "baseline_s_per_epoch": t_base,
                     "softhebb_s_per_epoch": t_fast, "speedup": t_base / t_fast}
     del x

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from softhebb import train
+from softhebb import batching, features, hebbian, probe
 from softhebb.baselines import train_backprop
 from softhebb.network import build_model
 
@@ -58,7 +58,7 @@ def _hebbian_weights(device, preset: str, images: torch.Tensor, perturb: float =
                 w = m.blocks[i].layer.weight
                 w.mul_(1 + perturb * torch.randn(w.shape, generator=torch.Generator().manual_seed(i)))
     m = m.to(device)
-    train.hebbian_phase(m, images.to(device), "successive", batch_size=10, progress=False)
+    hebbian.hebbian_phase(m, images.to(device), "successive", batch_size=10, progress=False)
     return m, {f"block{i}": m.blocks[i].layer.weight.detach() for i in m.hebbian_block_indices()}
 
 
@@ -83,8 +83,8 @@ def equality(device: torch.device, preset: str, n: int) -> dict:
         floor = _rel(traj_cpu, _hebbian_weights("cpu", preset, images, perturb=2 ** -23)[1])
         twin = build_model(preset, SHAPE, 10, seed=0)
         twin.load_state_dict(model.state_dict())
-        fa = train.extract_features(model, images[:50])
-        fb = train.extract_features(twin.to(device), images[:50].to(device)).cpu()
+        fa = features.extract_features(model, images[:50])
+        fb = features.extract_features(twin.to(device), images[:50].to(device)).cpu()
     one = _rel(one_cpu, one_dev)
     features = float((fa - fb).abs().max() / fa.abs().max().clamp(min=1e-12))
     return {"one_update_max_rel_diff": one, "features_max_rel_diff": features,
@@ -98,23 +98,23 @@ def speed(device: torch.device, preset: str, n: int, batches: list[int], n_feat:
     for precision in ("fp32", "bf16"):
         for b in batches:
             m = build_model(preset, SHAPE, 10, seed=0).to(device)
-            train.hebbian_phase(m, images[:4 * b], "successive", batch_size=b, progress=False, precision=precision)
+            hebbian.hebbian_phase(m, images[:4 * b], "successive", batch_size=b, progress=False, precision=precision)
             seconds: dict[int, float] = {}
-            total = timed(device, lambda: train.hebbian_phase(
+            total = timed(device, lambda: hebbian.hebbian_phase(
                 m, images, "successive", batch_size=b, progress=False, precision=precision,
                 log=lambda row: seconds.__setitem__(row["block"], row["seconds"])))
             out["hebbian"].append({"precision": precision, "batch": b, "img_per_s_all_stages": n / total,
                                    "img_per_s_per_stage": {i: n / s for i, s in seconds.items()}})
             print(out["hebbian"][-1], flush=True)
         feats = torch.randint(0, 256, (n_feat, *SHAPE), dtype=torch.uint8, device=device)
-        train.extract_features(m, feats[:500], precision=precision)
-        t = timed(device, lambda: train.extract_features(m, feats, batch_size=1000, precision=precision))
+        features.extract_features(m, feats[:500], precision=precision)
+        t = timed(device, lambda: features.extract_features(m, feats, batch_size=1000, precision=precision))
         out["features"].append({"precision": precision, "img_per_s": n_feat / t})
         print(out["features"][-1], flush=True)
     x = torch.rand(probe_rows, m.num_features, device=device)
     y = torch.randint(0, 10, (probe_rows,), device=device)
-    train.train_probe(m, x[:1000], y[:1000], x[:1000], y[:1000], epochs=1, progress=False)
-    out["probe"] = {"rows": probe_rows, "s_per_epoch": timed(device, lambda: train.train_probe(
+    probe.train_probe(m, x[:1000], y[:1000], x[:1000], y[:1000], epochs=1, progress=False)
+    out["probe"] = {"rows": probe_rows, "s_per_epoch": timed(device, lambda: probe.train_probe(
         m, x, y, x[:1000], y[:1000], epochs=1, progress=False))}
     print(out["probe"], flush=True)
     if device.type == "cuda":
@@ -131,7 +131,7 @@ def backprop(device: torch.device) -> dict:
     with _no_tf32():
         for dev in (torch.device("cpu"), device):
             model = build_model("2CnnCIFAR", SHAPE, 10, seed=0).to(dev).eval()  # eval: no dropout, BN running stats
-            loss = torch.nn.functional.cross_entropy(model(train.as_input(images[:64].to(dev))), labels[:64].to(dev))
+            loss = torch.nn.functional.cross_entropy(model(batching.as_input(images[:64].to(dev))), labels[:64].to(dev))
             grads.append(torch.cat([g.flatten().cpu() for g in torch.autograd.grad(loss, list(model.parameters()))]))
             losses.append(float(loss.detach()))
         model = build_model("2CnnCIFAR", SHAPE, 10, seed=0).to(device)

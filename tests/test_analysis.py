@@ -11,7 +11,8 @@ from softhebb import analysis as A
 from softhebb.cli import main
 from softhebb.network import build_model
 from softhebb.run import RunConfig, atomic_write, run, save_model
-from softhebb.train import as_input, hebbian_phase
+from softhebb.batching import as_input
+from softhebb.hebbian import hebbian_phase
 
 TINY = {"name": "tiny", "blocks": [
     {"type": "conv", "out": 8, "kernel": 5, "padding": 2, "t_invert": 1, "lr": 0.08, "power_lr": 0.5, "activation": "triangle_0.7",

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from softhebb import plasticity as P
-from softhebb import train
+from softhebb import batching, features, hebbian
 from softhebb.network import build_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -53,8 +53,9 @@ def _train_both(mode: str, dtype: torch.dtype, monkeypatch, n: int = 40, batch: 
     net = OriginalNet(model)
     for a, b in zip(model.blocks, net.blocks):
         assert torch.equal(a.layer.weight, b.layer.weight)
-    monkeypatch.setattr(train, "as_input", lambda im: im.to(dtype).div_(255.0))
-    train.hebbian_phase(model, images, mode, batch_size=batch, seed=seed, progress=False)
+    for module in (batching, features):  # batches and the prefix cache both turn uint8 images into inputs
+        monkeypatch.setattr(module, "as_input", lambda im: im.to(dtype).div_(255.0))
+    hebbian.hebbian_phase(model, images, mode, batch_size=batch, seed=seed, progress=False)
     # hebbian_phase's data order: one seeded permutation, identical for every block.
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     data = images.to(dtype) / 255.0

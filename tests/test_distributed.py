@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from softhebb import distributed
 from softhebb.network import build_model
-from softhebb.train import extract_features, hebbian_phase, train_probe
+from softhebb import extract_features, hebbian_phase, train_probe
 
 # BatchNorm before every block, two conv blocks and a linear block on a BN2d-then-flatten input;
 # dropout 0, so that the data-parallel probe must match one process too.

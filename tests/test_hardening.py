@@ -20,7 +20,7 @@ from softhebb.cli import main
 from softhebb.data import ImageDataset
 from softhebb.network import PresetError, build_model, resolve_preset
 from softhebb.run import CHECKPOINT, RunConfig, RunError, load_checkpoint, load_run, run
-from softhebb.train import NonFiniteError, hebbian_phase
+from softhebb.hebbian import NonFiniteError, hebbian_phase
 
 TINY = {"name": "tiny", "blocks": [
     {"type": "conv", "out": 6, "kernel": 3, "padding": 1, "t_invert": 1, "lr": 0.05, "power_lr": 0.5, "radius": 5,

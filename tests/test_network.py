@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from softhebb.layers import AvgPool2d, HebbianConv2d, HebbianLinear, MaxPool2d, Triangle
+from softhebb.layers import HebbianConv2d, HebbianLinear
+from softhebb.modules import AvgPool2d, MaxPool2d, Triangle
 from softhebb.network import PresetError, build_model, feature_shapes, get_preset, list_presets
 
 CIFAR, STL, IMNET, MNIST = (3, 32, 32), (3, 96, 96), (3, 160, 160), (1, 28, 28)

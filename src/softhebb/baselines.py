@@ -21,8 +21,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .network import SoftHebbNet
-from .train import (Augment, Images, Logger, StreamedFeatures, _batches, _device, _inputs_in_order, _progress,
-                    adam_epochs, batch_seed, epoch_state, evaluate, extract_features, iterate_batches)
+from .batching import Augment, Images, Logger, batch_seed, index_batches, inputs_in_order, iterate_batches, progress_bar
+from .features import StreamedFeatures, extract_features
+from .probe import adam_epochs, epoch_state, evaluate
 
 BP_MODES = ("end-to-end", "layerwise")
 RANDOM_BN = ("identity", "data")
@@ -36,10 +37,10 @@ def _bp_epochs(model: SoftHebbNet, trained: list[nn.Module], images: Images, lab
 
     ``checkpoint(state)`` after every epoch; ``start``: such a state to continue from (weights restored by the caller).
     """
-    device, n = _device(model), len(images)
+    device, n = model.device, len(images)
     opt, sched, gen, first, result = adam_epochs([p for m in trained for p in m.parameters()], lr, epochs, seed, device,
                                                  start)
-    with _progress(epochs, name, progress, unit="epoch") as bar:
+    with progress_bar(epochs, name, progress, unit="epoch") as bar:
         bar.update(first - 1)
         for epoch in range(first, epochs + 1):
             model.eval()  # blocks not being trained keep their BatchNorm statistics (and the head its dropout off)
@@ -48,7 +49,7 @@ def _bp_epochs(model: SoftHebbNet, trained: list[nn.Module], images: Images, lab
             loss_sum = torch.zeros((), device=device)
             correct = torch.zeros((), dtype=torch.long, device=device)
             cur_lr = opt.param_groups[0]["lr"]
-            batches = list(_batches(torch.randperm(n, generator=gen), batch_size))
+            batches = list(index_batches(torch.randperm(n, generator=gen), batch_size))
             seeds = [batch_seed(seed, epoch, b) for b in range(len(batches))]
             for idx, x in zip(batches, iterate_batches(images, batches, device, augment, seeds, workers)):
                 y = labels[idx].to(device, non_blocking=True)
@@ -99,7 +100,7 @@ def train_backprop(
 ) -> dict[str, float]:
     """Train a backprop preset; returns the final-epoch test accuracy (the last stage's in layerwise mode).
 
-    ``augment``: the training augmentation (see ``softhebb.train.Augment``), seeded per batch.
+    ``augment``: the training augmentation (see ``softhebb.batching.Augment``), seeded per batch.
     ``checkpoint(state)`` is called after every epoch with what it takes to continue (stage, epoch, Adam,
     schedule, data-order generator, RNG, result so far); ``start`` is such a state, for a model whose
     weights the caller restored. A resumed run ends with the same weights as an uninterrupted one.
@@ -140,7 +141,7 @@ def calibrate_batchnorm(model: SoftHebbNet, images: Images, batch_size: int = 25
 
     Block by block, so that BN ℓ sees the inputs produced with the already-calibrated BNs before it.
     """
-    device = _device(model)
+    device = model.device
     model.eval()
     for depth, block in enumerate(model.blocks):
         bns = [m for m in block.pre if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -151,7 +152,7 @@ def calibrate_batchnorm(model: SoftHebbNet, images: Images, batch_size: int = 25
             m.reset_running_stats()
             m.momentum = None  # cumulative average: independent of the batch order
             m.train()
-        for x in _inputs_in_order(images, range(0, len(images), batch_size), batch_size, device):
+        for x in inputs_in_order(images, range(0, len(images), batch_size), batch_size, device):
             block.pre(model.features(x, depth))
         for m, momentum in zip(bns, momenta):
             m.momentum = momentum

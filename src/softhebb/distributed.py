@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .layers import _HebbianLayer
+from .layers import HebbianLayer
 
 
 @dataclass(frozen=True)
@@ -65,12 +65,12 @@ class Parallel:
         """This rank's contiguous slice of a global batch."""
         return idx.tensor_split(self.world_size)[self.rank]
 
-    def reduce_pending(self, layers: Sequence[_HebbianLayer]) -> None:
+    def reduce_pending(self, layers: Sequence[HebbianLayer]) -> None:
         """Sum every layer's pending Σỹx and Σỹu over ranks, in place."""
         self.all_reduce_(*(t for layer in layers if layer.pending for t in layer.pending))
 
     @contextmanager
-    def summed_counters(self, layers: Sequence[_HebbianLayer]) -> Iterator[None]:
+    def summed_counters(self, layers: Sequence[HebbianLayer]) -> Iterator[None]:
         """Inside, the layers' win counters hold their sum over ranks; outside, each rank's own share again."""
         saved = [(layer.win_counts.clone(), layer.winner_y_sum.clone()) for layer in layers]
         self.all_reduce_(*(t for layer in layers for t in (layer.win_counts, layer.winner_y_sum)))

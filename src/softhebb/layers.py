@@ -17,13 +17,12 @@ gradients still flow *through* the layer to its input (useful for attacks and vi
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import plasticity as P
+from .modules import triangle
 
 PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 SCHEDULES = ("radius", "linear")
@@ -41,7 +40,7 @@ def _pair(v: int | tuple[int, int], name: str) -> tuple[int, int]:
     return t  # type: ignore[return-value]
 
 
-class _HebbianLayer(nn.Module):
+class HebbianLayer(nn.Module):
     """Shared state and update logic of the Hebbian conv and linear layers."""
 
     r1_tolerance: float
@@ -70,7 +69,7 @@ class _HebbianLayer(nn.Module):
         self.lr, self.lr_schedule, self.power_lr = float(lr), lr_schedule, float(power_lr)
         self.radius_init, self.init = float(radius), init
         self.plastic = True
-        self.total_updates: float | None = None  # length of the linear-decay schedule; None = constant
+        self.total_steps: float | None = None  # length of the linear-decay schedule (see schedule)
         self.register_buffer("weight", P.init_weight(weight_shape, radius, init))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         k = weight_shape[0]
@@ -134,9 +133,16 @@ class _HebbianLayer(nn.Module):
         if self.lr_schedule == "radius":
             return P.radius_rate(self.weight, self.lr, self.power_lr)
         rate = torch.full((self.weight.shape[0],), self.lr, device=self.weight.device)
-        if self.total_updates is None:
+        if self.total_steps is None:
             return rate
-        return P.linear_decay_rate(rate, self.num_updates, self.total_updates)  # stays on the device
+        return P.linear_decay_rate(rate, self.num_updates, self.total_steps)  # stays on the device
+
+    def schedule(self, total_steps: float | None) -> None:
+        """Set the length of the linear-decay schedule: the rate reaches 0 after ``total_steps`` updates (None: the
+        rate stays at ``lr``). ``hebbian_phase`` sets it to epochs × batches per epoch; the radius schedule needs none."""
+        if total_steps is not None and not (total_steps > 0 and math.isfinite(total_steps)):
+            raise ValueError(f"total_steps must be a finite number > 0 or None, got {total_steps!r}")
+        self.total_steps = None if total_steps is None else float(total_steps)
 
     def radius(self) -> torch.Tensor:
         """‖w_k‖ of every neuron."""
@@ -172,11 +178,11 @@ class _HebbianLayer(nn.Module):
             "winner_share": self.winner_share(), "lr_mean": float(self.learning_rate().mean()),
         }
 
-    def _hebb_repr(self) -> str:
+    def rule_repr(self) -> str:
         return f"rule={self.rule}, t_invert={self.t_invert:g}, lr={self.lr:g}, lr_schedule={self.lr_schedule}, power_lr={self.power_lr:g}"
 
 
-class HebbianConv2d(_HebbianLayer):
+class HebbianConv2d(HebbianLayer):
     """Conv2d trained by a local Hebbian rule with (soft) winner-take-all across output channels.
 
     Competition runs independently at every output position (and within each group).
@@ -197,10 +203,10 @@ class HebbianConv2d(_HebbianLayer):
         groups: int = 1,
         padding_mode: str = "reflect",
         rule: str = "softhebb",
-        t_invert: float = 1.0,
-        lr: float = 0.01,
+        t_invert: float = 96.0,  # the authors' CNN defaults (reference §2.5); every paper preset sets its own
+        lr: float = 0.009,
         lr_schedule: str = "radius",
-        power_lr: float = 0.5,
+        power_lr: float = 0.75,
         radius: float = 25.0,
         init: str = "normal",
         pre_triangle: bool = False,
@@ -234,10 +240,10 @@ class HebbianConv2d(_HebbianLayer):
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
                 f"padding={self.padding}, dilation={self.dilation}, groups={self.groups}, padding_mode={self.padding_mode}, "
-                f"{self._hebb_repr()}, pre_triangle={self.pre_triangle}")
+                f"{self.rule_repr()}, pre_triangle={self.pre_triangle}")
 
 
-class HebbianLinear(_HebbianLayer):
+class HebbianLinear(HebbianLayer):
     """Linear layer trained by the same Hebbian rule, with competition across its outputs."""
 
     r1_tolerance = 5e-3
@@ -270,134 +276,12 @@ class HebbianLinear(_HebbianLayer):
         return P.hebbian_terms_linear(x, y, u)
 
     def extra_repr(self) -> str:
-        return f"{self.in_features}, {self.out_features}, {self._hebb_repr()}"
+        return f"{self.in_features}, {self.out_features}, {self.rule_repr()}"
 
 
-def triangle(x: torch.Tensor, power: float = 1.0) -> torch.Tensor:
-    """relu(x − mean over channels)^power, with the mean treated as a constant for gradients."""
-    out = F.relu_(x - x.mean(dim=1, keepdim=True).detach())  # in place on the fresh centred copy: fewer large allocations
-    if power == 1.0:
-        return out
-    if (torch.is_grad_enabled() and out.requires_grad) or torch.is_autocast_enabled(out.device.type):
-        return out.pow(power)  # autograd needs pow's input; CUDA autocast computes pow in fp32, pow_ would not
-    return out.pow_(power)
-
-
-class Triangle(nn.Module):
-    """The paper's activation: centre across channels, rectify, raise to ``power``."""
-
-    def __init__(self, power: float = 1.0) -> None:
-        super().__init__()
-        _check(power > 0, f"triangle power must be > 0, got {power}")
-        self.power = float(power)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return triangle(x, self.power)
-
-    def extra_repr(self) -> str:
-        return f"power={self.power:g}"
-
-
-class Power(nn.Module):
-    """x^power on non-negative inputs. A block's Triangle(p) → MaxPool becomes Triangle(1) → MaxPool → Power(p):
-    t ↦ t^p is increasing on t ≥ 0, so the values are the same (up to pow's last-bit rounding), and the costly pow
-    runs on the pooled map (4× fewer elements with the paper's max_4_2_1)."""
-
-    def __init__(self, power: float) -> None:
-        super().__init__()
-        _check(power > 0, f"power must be > 0, got {power}")
-        self.power = float(power)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.pow(self.power)
-
-    def extra_repr(self) -> str:
-        return f"power={self.power:g}"
-
-
-class ChannelSoftmax(nn.Module):
-    """softmax(β·x) across channels (the MNIST MLP's ``softmax_5`` output)."""
-
-    def __init__(self, beta: float = 1.0) -> None:
-        super().__init__()
-        self.beta = float(beta)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.beta * x, dim=1)
-
-    def extra_repr(self) -> str:
-        return f"beta={self.beta:g}"
-
-
-class Dropout(nn.Module):
-    """nn.Dropout with a much faster mask for p = 0.5, the paper's classifier default.
-
-    torch's CPU Bernoulli sampler costs ~16 ns per element, which dominated the linear probe on
-    24,576-dim features. With p = 0.5 every random bit is an exact Bernoulli(0.5) draw, so one
-    random byte yields eight mask entries (expanded through a 256-row lookup table). Other p use
-    F.dropout. The distribution is the same as nn.Dropout's; the random stream differs.
-    ``inplace``: with p = 0.5, overwrite the input, as nn.Dropout(inplace=True) does (never one autograd tracks).
-    """
-
-    def __init__(self, p: float = 0.5, inplace: bool = False) -> None:
-        super().__init__()
-        _check(0.0 <= p < 1.0, f"dropout p must be in [0, 1), got {p}")
-        self.p, self.inplace = float(p), inplace
-        bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
-        self.register_buffer("_table", bits.float() * 2.0, persistent=False)  # kept entries scaled by 1/(1−p)
-        self._bytes: torch.Tensor | None = None  # mask storage reused from call to call: fresh 6 MB tensors
-        self._mask: torch.Tensor | None = None  # cost the probe more than the multiply itself
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        if self.p != 0.5:  # out of place: CUDA's in-place dropout_ takes another kernel and draws other masks
-            return F.dropout(x, self.p, True)
-        tracked = torch.is_grad_enabled() and x.requires_grad  # then autograd keeps the mask: it must be a new one
-        n = x.numel()
-        k = (n + 7) // 8
-        mask = self._mask
-        if tracked or mask is None or mask.shape[0] != k or mask.device != x.device or mask.dtype != x.dtype:
-            rand = torch.empty(k, dtype=torch.uint8, device=x.device)
-            mask = torch.empty(k, 8, dtype=x.dtype, device=x.device)
-            if not tracked:
-                self._bytes, self._mask = rand, mask
-        else:
-            rand = self._bytes
-        rand.random_()
-        torch.index_select(self._table.to(x.dtype), 0, rand.long(), out=mask)  # 4x faster than [...]
-        mask = mask.view(-1)[:n].view_as(x)
-        return x.mul_(mask) if self.inplace and not tracked else x * mask
-
-    def extra_repr(self) -> str:
-        return f"p={self.p:g}"
-
-
-def _pool_channels_last(pool: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    if (x.device.type == "cpu" and x.dim() == 4 and not getattr(pool, "return_indices", False)
-            and not x.is_contiguous(memory_format=torch.channels_last)):
-        return forward(x.contiguous(memory_format=torch.channels_last)).contiguous()
-    return forward(x)
-
-
-class MaxPool2d(nn.MaxPool2d):
-    """nn.MaxPool2d that pools CPU tensors in channels-last memory: 3-10x faster than NCHW, the same values."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _pool_channels_last(self, super().forward, x)
-
-
-class AvgPool2d(nn.AvgPool2d):
-    """nn.AvgPool2d that pools CPU tensors in channels-last memory: with the conversions, 9.5 vs 6.2 ms on
-    42 × 1536 × 8 × 8 (avg_2_2_0 after the CIFAR network's NCHW last conv), the same values."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _pool_channels_last(self, super().forward, x)
-
-
-def hebbian_layers(module: nn.Module) -> list[_HebbianLayer]:
+def hebbian_layers(module: nn.Module) -> list[HebbianLayer]:
     """All Hebbian layers inside ``module``, in registration order."""
-    return [m for m in module.modules() if isinstance(m, _HebbianLayer)]
+    return [m for m in module.modules() if isinstance(m, HebbianLayer)]
 
 
 def hebbian_step(module: nn.Module) -> int:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import inspect
 import json
 import math
 from functools import lru_cache
@@ -26,19 +27,25 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .layers import (PADDING_MODES, SCHEDULES, AvgPool2d, ChannelSoftmax, Dropout, HebbianConv2d, HebbianLinear, MaxPool2d,
-                     Power, Triangle, _HebbianLayer)
+from .layers import PADDING_MODES, SCHEDULES, HebbianConv2d, HebbianLayer, HebbianLinear
+from .modules import AvgPool2d, ChannelSoftmax, Dropout, MaxPool2d, Power, Triangle
 from .plasticity import RULES
 
+HEBBIAN_FIELDS = ("rule", "t_invert", "lr", "lr_schedule", "power_lr", "radius")
+
+
+def _defaults(layer: type, fields: tuple[str, ...]) -> dict[str, Any]:
+    """Block defaults read off the layer's signature: the layers hold the one set of Hebbian defaults."""
+    params = inspect.signature(layer).parameters
+    return {f: params[f].default for f in fields}
+
+
+_CONV = _defaults(HebbianConv2d, ("padding_mode", *HEBBIAN_FIELDS, "pre_triangle"))
 CONV_DEFAULTS: dict[str, Any] = dict(
-    rule="softhebb", kernel=3, stride=1, padding=0, dilation=1, groups=1, padding_mode="reflect",
-    t_invert=96.0, lr=0.009, lr_schedule="radius", power_lr=0.75, radius=25.0, pre_triangle=False,
-    bn=True, activation=None, pool=None,
+    rule=_CONV.pop("rule"), kernel=3, stride=1, padding=0, dilation=1, groups=1, **_CONV, bn=True, activation=None,
+    pool=None,
 )
-LINEAR_DEFAULTS: dict[str, Any] = dict(
-    rule="softhebb", t_invert=10.0, lr=0.05, lr_schedule="radius", power_lr=0.2, radius=10.0,
-    bn=False, activation=None,
-)
+LINEAR_DEFAULTS: dict[str, Any] = dict(**_defaults(HebbianLinear, HEBBIAN_FIELDS), bn=False, activation=None)
 CLASSIFIER_DEFAULTS: dict[str, Any] = dict(dropout=0.5)
 
 
@@ -269,7 +276,7 @@ class Block(nn.Module):
 
     @property
     def hebbian(self) -> bool:
-        return isinstance(self.layer, _HebbianLayer)
+        return isinstance(self.layer, HebbianLayer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.post(self.layer(self.pre(x)))
@@ -289,6 +296,11 @@ class SoftHebbNet(nn.Module):
             n_features *= s
         self.dropout = Dropout(preset["classifier"]["dropout"])
         self.classifier = nn.Linear(n_features, num_classes)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model lives; images may stay (uint8) elsewhere and move one batch at a time."""
+        return self.classifier.weight.device
 
     @property
     def num_features(self) -> int:

@@ -48,10 +48,6 @@ def post_synaptic(u: torch.Tensor, rule: str, t_invert: float, groups: int = 1) 
     else:
         scaled = ug if t_invert == 1.0 else ug * t_invert  # ×1 is exact: skip a pass over u (CIFAR block 0)
         y = torch.softmax(scaled, dim=2, dtype=torch.promote_types(ug.dtype, torch.float32))
-        # Losing neurons' shares underflow to subnormals (0.6–1.2 % of block 1's ỹ in the benchmark),
-        # which slowed the Σỹx kernel 20–30× on an Intel Xeon; below 1.2e-38 they add nothing a
-        # float32 sum can hold.
-        F.threshold_(y, torch.finfo(y.dtype).tiny, 0.0)
         if rule == "softhebb":
             top = y.gather(2, winner)
             y = y.neg_().scatter_(2, winner, top)

@@ -39,12 +39,16 @@ from safetensors.torch import load_file, save
 
 from . import __version__, distributed
 from .data import DATASETS, Protocol, load_dataset, random_subset, subset_indices
-from .layers import _HebbianLayer
+from .layers import HebbianLayer
 from .network import PresetError, SoftHebbNet, build_model, feature_shapes, get_preset, resolve_preset
 from .baselines import BP_MODES, RANDOM_BN, calibrate_batchnorm, train_backprop
 from .augment import BATCH_AUGMENTATIONS
-from .train import (MODES, PRECISIONS, Augment, NonFiniteError, StreamedFeatures, evaluate, extract_features,
-                    PrefixCache, feature_views, hebbian_phase, train_hybrid, train_probe)
+from . import _cpu
+from .batching import PRECISIONS, Augment
+from .features import PrefixCache, StreamedFeatures, extract_features, feature_views
+from .hebbian import MODES, NonFiniteError, hebbian_phase
+from .hybrid import train_hybrid
+from .probe import evaluate, train_probe
 
 CHECKPOINT = "checkpoint.safetensors"
 RUN_MODES = (*MODES, "hybrid")
@@ -351,7 +355,7 @@ def load_checkpoint(path: Path) -> dict:
 def _counters(model: SoftHebbNet) -> dict[str, dict[str, torch.Tensor]]:
     """The win counters of every Hebbian layer (not in the state dict: they are monitoring, not weights)."""
     return {name: {"win_counts": m.win_counts, "winner_y_sum": m.winner_y_sum}
-            for name, m in model.named_modules() if isinstance(m, _HebbianLayer)}
+            for name, m in model.named_modules() if isinstance(m, HebbianLayer)}
 
 
 def _restore(model: SoftHebbNet, ckpt: dict, par: distributed.Parallel | None) -> None:
@@ -567,7 +571,8 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
         else:
             cache = None  # the frozen prefix's outputs for every training image (train.PrefixCache), if it kept them
             if ckpt is None or ckpt["phase"] == "hebbian":
-                cache = hebbian_phase(model, x_hebb, cfg.mode, cfg.hebb_epochs, cfg.hebb_batch, cfg.seed, log,
+                with _cpu.tuned(device):
+                    cache = hebbian_phase(model, x_hebb, cfg.mode, cfg.hebb_epochs, cfg.hebb_batch, cfg.seed, log,
                                       progress and lead, checkpoint=(lambda pos: checkpoint("hebbian", pos)) if every else None,
                                       checkpoint_every=every, start=ckpt["position"] if ckpt else None, parallel=par,
                                       precision=cfg.precision, augment=proto.hebb_augment, workers=workers)

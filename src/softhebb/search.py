@@ -42,7 +42,9 @@ import torch
 from .data import DATA_ENV, DATASETS, load_dataset
 from .network import build_model, get_preset
 from .run import IN_MEMORY, RunError, _subset, atomic_write, resolve_device
-from .train import MODES, NonFiniteError, extract_features, hebbian_phase, train_probe
+from .features import extract_features
+from .hebbian import MODES, NonFiniteError, hebbian_phase
+from .probe import train_probe
 
 if TYPE_CHECKING:
     import optuna

@@ -17,7 +17,10 @@ import torch.nn.functional as F
 from . import plasticity as P
 from .layers import HebbianLinear
 from .network import SoftHebbNet
-from .train import _device, as_input, extract_features, hebbian_phase, train_probe
+from .batching import as_input
+from .features import extract_features
+from .hebbian import hebbian_phase
+from .probe import train_probe
 
 
 def _first_layer(model: SoftHebbNet) -> HebbianLinear:
@@ -29,7 +32,7 @@ def _first_layer(model: SoftHebbNet) -> HebbianLinear:
 
 @torch.no_grad()
 def _winners_and_y(model: SoftHebbNet, images: torch.Tensor, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-    layer, block, device = _first_layer(model), model.blocks[0], _device(model)
+    layer, block, device = _first_layer(model), model.blocks[0], model.device
     model.eval()
     winners, ys = [], []
     for start in range(0, images.shape[0], batch_size):

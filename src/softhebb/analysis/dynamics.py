@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..network import SoftHebbNet, build_model, resolve_preset
-from ..train import MODES, hebbian_phase
+from ..hebbian import MODES, hebbian_phase
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -90,7 +90,7 @@ def record_dynamics(
     # A block is untouched before its stage, so its starting state can be read now.
     for s, stage in enumerate(stages):
         for i in stage:
-            model.blocks[i].layer.total_updates = epochs * n / batch_size
+            model.blocks[i].layer.schedule(epochs * n / batch_size)
         record(s, 0, 0)
 
     def on_batch(pos: dict) -> None:

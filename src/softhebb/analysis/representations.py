@@ -7,7 +7,7 @@ import math
 import torch
 
 from ..network import SoftHebbNet
-from ..train import as_input
+from ..batching import as_input
 from .geometry import crop, receptive_fields
 
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..network import SoftHebbNet
-from ..train import as_input
+from ..batching import as_input
 
 NORMS = ("linf", "l2")
 LOSSES = ("margin", "ce")

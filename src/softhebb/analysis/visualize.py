@@ -6,7 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import HebbianConv2d, triangle
+from ..layers import HebbianConv2d
+from ..modules import triangle
 from ..network import SoftHebbNet
 from .geometry import receptive_fields
 

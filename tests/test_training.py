@@ -1,4 +1,4 @@
-"""Hebbian phase schedules, the probe, and the dropout used by the classifier head."""
+"""The Hebbian phase's schedules, the prefix cache and features, the probe and hybrid mode, and the head's dropout."""
 
 import subprocess
 import sys
@@ -6,11 +6,13 @@ import sys
 import pytest
 import torch
 
-from softhebb.layers import Dropout
+from softhebb import features
+from softhebb.features import PrefixCache, extract_features
+from softhebb.hebbian import hebbian_phase
+from softhebb.hybrid import train_hybrid
+from softhebb.modules import Dropout
 from softhebb.network import build_model
-from softhebb import train
-from softhebb.train import (PrefixCache, extract_features, hebbian_phase, step_lr_milestones, train_hybrid,
-                            train_probe)
+from softhebb.probe import step_lr_milestones, train_probe
 
 TINY = {"name": "tiny", "blocks": [
     {"type": "conv", "out": 8, "kernel": 3, "padding": 1, "t_invert": 1, "lr": 0.05, "power_lr": 0.5, "radius": 5,
@@ -55,7 +57,7 @@ def test_linear_decay_schedule_spans_the_hebbian_phase():
     model = build_model(spec, (3, 12, 12), 10, seed=0)
     hebbian_phase(model, images(), batch_size=10, epochs=2, progress=False)
     layer = model.blocks[0].layer
-    assert layer.total_updates == 12 and layer.num_updates.item() == 12
+    assert layer.total_steps == 12 and layer.num_updates.item() == 12
     assert layer.learning_rate().abs().max().item() == 0.0  # decayed to zero exactly at the end
 
 
@@ -183,9 +185,9 @@ def test_dropout_reuses_its_mask_storage_without_changing_masks_or_gradients():
 def test_features_are_the_flattened_nchw_block_outputs(nchw_weight_bytes, monkeypatch):
     """extract_features computes convs channels-last or NCHW (conv_layout); values and feature order must not change."""
     if nchw_weight_bytes:
-        monkeypatch.setattr(train, "NCHW_WEIGHT_BYTES", nchw_weight_bytes)
+        monkeypatch.setattr(features, "NCHW_WEIGHT_BYTES", nchw_weight_bytes)
     model = build_model("4SoftHebbCnnCIFAR_quarterNeurons", (3, 32, 32), 10, seed=0)
-    layouts = [train.conv_layout(b, torch.zeros(1, b.layer.weight.shape[1], 2, 2)) for b in model.blocks]
+    layouts = [features.conv_layout(b, torch.zeros(1, b.layer.weight.shape[1], 2, 2)) for b in model.blocks]
     assert layouts == [torch.channels_last] * 2 + [torch.contiguous_format if nchw_weight_bytes else torch.channels_last]
     x = torch.randint(0, 256, (7, 3, 32, 32), dtype=torch.uint8)
     with torch.no_grad():
@@ -207,7 +209,7 @@ def test_prefix_cache_gives_the_same_weights_and_features_as_recomputing_the_pre
     """Successive training from the PrefixCache (each frozen prefix computed once per image, ``forward_chunk`` rows
     at a time) against recomputing it for every batch of 10; then the features made in its buffer against computing them."""
     if nchw_weight_bytes:
-        monkeypatch.setattr(train, "NCHW_WEIGHT_BYTES", nchw_weight_bytes)
+        monkeypatch.setattr(features, "NCHW_WEIGHT_BYTES", nchw_weight_bytes)
     x = torch.randint(0, 256, (70, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     cached, plain = (build_model(THREE, shape, 10, seed=0) for _ in range(2))
     cache = hebbian_phase(cached, x, batch_size=10, epochs=2, seed=1, progress=False, precision=precision)
@@ -233,33 +235,3 @@ def test_no_prefix_cache_where_it_cannot_apply():
     one = {"name": "one", "blocks": TINY["blocks"][:1]}
     assert hebbian_phase(build_model(one, (3, 12, 12), 10, seed=0), x, progress=False) is None  # no prefix at all
     assert hebbian_phase(build_model(THREE, (3, 12, 12), 10, seed=0), x, progress=False, augment=True) is None
-
-
-_FAULTS_SCRIPT = """
-import resource, torch
-from softhebb import train
-
-def faults():  # minor page faults of filling a 48 MiB tensor right after a 64 MiB one was freed
-    torch.ones(16 * 2**20)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    torch.ones(12 * 2**20)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-outside = faults()
-with train.reuse_freed_memory():
-    inside = faults()
-print(outside, inside, faults())
-"""
-
-
-@pytest.mark.skipif(train._glibc() is None, reason="glibc's allocator only")
-def test_reuse_freed_memory_keeps_large_blocks_for_the_next_allocation():
-    # a fresh process: the allocator's state is process-wide, and other tests change it.
-    # The second tensor is smaller than the freed one, so it fits the freed block wherever later small allocations
-    # split it off; a same-size tensor can miss it and grow the heap instead (seen in CI, 4 of 5 rounds).
-    out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True, check=True)
-    outside, inside, after = map(int, out.stdout.split())
-    pages = 12 * 2**20 * 4 // 4096
-    assert outside > 0.9 * pages  # glibc returned the 64 MiB block, so the new one gets fresh pages
-    assert inside < 0.1 * pages  # the freed block's pages are reused
-    assert after > 0.9 * pages  # on exit the free pages went back to the system
