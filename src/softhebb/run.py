@@ -1,22 +1,4 @@
-"""One experiment end to end: data → model → Hebbian phase → features → probe → run directory.
-
-A run directory holds:
-    config.json      the resolved configuration (preset with every default filled in)
-    metrics.jsonl    one JSON object per Hebbian epoch / probe epoch (hybrid runs: per batch, and per epoch)
-    model.safetensors the trained weights (Hebbian weights, BatchNorm statistics, classifier)
-    result.json      final test accuracy and wall times; its presence marks the run finished
-    checkpoint.safetensors  while unfinished, with checkpointing on: everything needed to continue
-config.json, model.safetensors, result.json and the checkpoint are written atomically (temp file +
-rename), and result.json comes last, so an interrupted run never looks complete; metrics.jsonl is
-an append-only log, cut back to the checkpoint's length when a run resumes.
-
-A checkpoint is one safetensors file: the tensors (weights, BatchNorm statistics, num_updates,
-win counters, Adam moments, generator and RNG states) plus a JSON header (phase, data position
-stage/epoch/batch, probe epoch or backprop stage/epoch, schedule and optimiser settings, metrics
-length). Nothing is ever unpickled. The Hebbian phase draws no random numbers after its seeded data
-orders, so its checkpoints hold no RNG state; the probe's and backprop's hold the data-order
-generator and the RNG (every rank's, for the probe).
-"""
+"""One experiment end to end: data → model → Hebbian phase → features → probe → run directory (``softhebb.rundir``)."""
 
 from __future__ import annotations
 
@@ -27,19 +9,18 @@ import math
 import os
 import platform
 import resource
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save
 
 from . import __version__, distributed
 from .data import DATASETS, Protocol, load_dataset, random_subset, subset_indices
 from .layers import HebbianLayer
+from .rundir import (CHECKPOINT, PHASE_STATE, RunError, atomic_write, check_writable, load_checkpoint, load_run,
+                     prepare_run_dir, remove_temp_files, save_checkpoint, save_model)
 from .network import PresetError, SoftHebbNet, build_model, feature_shapes, get_preset, resolve_preset
 from .baselines import BP_MODES, RANDOM_BN, calibrate_batchnorm, train_backprop
 from .augment import BATCH_AUGMENTATIONS
@@ -50,7 +31,6 @@ from .hebbian import MODES, NonFiniteError, hebbian_phase
 from .hybrid import train_hybrid
 from .probe import evaluate, train_probe
 
-CHECKPOINT = "checkpoint.safetensors"
 RUN_MODES = (*MODES, "hybrid")
 
 
@@ -58,11 +38,6 @@ PROTOCOLS: dict[str, Protocol] = {name: info.protocol for name, info in DATASETS
 IN_MEMORY = tuple(name for name, p in PROTOCOLS.items() if p.in_memory)
 PROBE_AUGMENTS = ("none", "dataset", *BATCH_AUGMENTATIONS)
 CACHED_TEST_FEATURES_BYTES = 2 << 30
-RUN_FILES = ("result.json", "metrics.jsonl", "model.safetensors", "config.json", CHECKPOINT)
-
-
-class RunError(RuntimeError):
-    """A run directory or configuration that cannot be used as asked."""
 
 
 @dataclass
@@ -188,168 +163,21 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)  # read once: changing it later, even briefly, would race with other threads creating files
-
-
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Write to a temp file in the same folder, fsync, rename over ``path``, fsync the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide shared results from other users
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a power cut
-    finally:
-        os.close(dir_fd)
-
-
 def _default_workers() -> int:
     """Decoding processes for image-folder datasets when --workers is not given."""
     return min(8, os.cpu_count() or 1)
 
 
-def _subset(images: torch.Tensor, labels: torch.Tensor, limit: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def subset(images: torch.Tensor, labels: torch.Tensor, limit: int | None, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The seeded random subset of an in-memory split that ``--train-limit`` / ``--test-limit`` take."""
     if limit is None or limit >= labels.numel():
         return images, labels
     idx = subset_indices(labels.numel(), limit, seed)
     return images[idx], labels[idx]
 
 
-def prepare_run_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to silently overwrite: a used directory is kept unless ``overwrite`` is given.
-
-    Nothing is created here; the directory appears with the first file, after the data loaded.
-    """
-    if out.exists() and not out.is_dir():
-        raise RunError(f"output path {out} exists and is not a directory")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        if (out / "result.json").exists():
-            raise RunError(f"output directory {out} already holds a finished run; choose another --out or pass --overwrite")
-        raise RunError(f"output directory {out} already holds files from an unfinished run; pass --resume to continue "
-                       "it (same options), --overwrite to start over, or choose another --out")
-    _check_writable(out)
-    if out.exists():
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        _remove_temp_files(out)
-
-
-def _check_writable(out: Path) -> None:
-    existing = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise RunError(f"cannot create the run directory {out}: {existing} is a file, not a directory")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise RunError(f"cannot write the run directory {out}: {existing} is not writable")
-
-
-def _remove_temp_files(out: Path) -> None:
-    """Temp files of writes a kill interrupted (atomic_write and checkpoints name them .<name>.*.tmp)."""
-    for p in out.glob(".*.tmp"):
-        p.unlink(missing_ok=True)
-
-
-def save_model(model: SoftHebbNet, path: Path, config: dict) -> None:
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_write(path, save(state, metadata={"softhebb_config": json.dumps(config)}))
-
-
-def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[SoftHebbNet, dict]:
-    """Rebuild a trained network from a run directory (safetensors only; nothing is unpickled)."""
-    run_dir = Path(run_dir)
-    cfg_path, weights = run_dir / "config.json", run_dir / "model.safetensors"
-    for p in (cfg_path, weights):
-        if not p.is_file():
-            raise RunError(f"{p} not found: {run_dir} is not a finished softhebb run directory")
-    try:
-        config = json.loads(cfg_path.read_text())
-        model = SoftHebbNet(resolve_preset(config["preset"]), tuple(config["in_shape"]), config["num_classes"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise RunError(f"{cfg_path} is not a valid run config ({type(e).__name__}: {e})") from None
-    try:
-        state = load_file(weights, device="cpu")
-    except Exception as e:  # safetensors raises its own error types for corrupt headers
-        raise RunError(f"{weights} is not a readable safetensors file ({e})") from None
-    missing = set(model.state_dict()) ^ set(state)
-    if missing:
-        raise RunError(f"{weights} does not match {cfg_path}: mismatched tensors {sorted(missing)[:5]}")
-    model.load_state_dict(state)
-    return model.to(resolve_device(device)).eval(), config
-
-
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-# -- checkpoints --------------------------------------------------------------------------------
-
-def _pack(obj: Any, tensors: dict[str, torch.Tensor], key: str) -> Any:
-    """JSON-able form of ``obj`` with every tensor moved into ``tensors`` under a path-like key."""
-    if isinstance(obj, torch.Tensor):
-        tensors[key] = obj.detach().cpu().contiguous()
-        return {"$tensor": key}
-    if isinstance(obj, dict):
-        if all(isinstance(k, str) for k in obj):
-            return {k: _pack(v, tensors, f"{key}/{k}") for k, v in obj.items()}
-        return {"$items": [[k, _pack(v, tensors, f"{key}/{k}")] for k, v in obj.items()]}  # Adam's int keys
-    if isinstance(obj, (list, tuple)):
-        return [_pack(v, tensors, f"{key}/{i}") for i, v in enumerate(obj)]
-    return obj
-
-
-def _unpack(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
-    if isinstance(obj, dict):
-        if "$tensor" in obj:
-            return tensors[obj["$tensor"]]
-        if "$items" in obj:
-            return {k: _unpack(v, tensors) for k, v in obj["$items"]}
-        return {k: _unpack(v, tensors) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_unpack(v, tensors) for v in obj]
-    return obj
-
-
-# where each phase keeps its place in a checkpoint
-_PHASE_STATE = {"hebbian": "position", "probe": "probe", "backprop": "backprop", "hybrid": "hybrid"}
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """One safetensors file (tensors + the rest as JSON metadata), fsynced, then renamed into place."""
-    tensors: dict[str, torch.Tensor] = {}
-    meta = json.dumps(_pack(state, tensors, ""))
-    atomic_write(path, save(tensors, metadata={"softhebb_checkpoint": meta}))
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint written by ``save_checkpoint``; anything else (a pickle, a torch.save file) is refused."""
-    hint = f"Delete {path} to start the run over, or pass --overwrite."
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for foreign or corrupt files
-        raise RunError(f"{path} is not a readable softhebb checkpoint: it must be a safetensors file, and nothing is "
-                       f"unpickled ({type(e).__name__}: {e}). {hint}") from None
-    try:
-        state = _unpack(json.loads(meta["softhebb_checkpoint"]), tensors)
-        if state["format"] != 1:
-            raise ValueError(f"format {state['format']!r}")
-        if state["phase"] not in _PHASE_STATE:
-            raise ValueError(f"phase {state['phase']!r}")
-        for key in ("run", "model", "stats", "metrics_bytes", _PHASE_STATE[state["phase"]]):
-            state[key]  # noqa: B018 — a missing key is a KeyError, reported below
-    except (KeyError, TypeError, ValueError) as e:
-        raise RunError(f"{path} is a safetensors file but not a softhebb checkpoint ({type(e).__name__}: {e}). {hint}") from None
-    return state
 
 
 def _counters(model: SoftHebbNet) -> dict[str, dict[str, torch.Tensor]]:
@@ -409,14 +237,14 @@ def _open_run_dir(out: Path, cfg: RunConfig, preset: dict, overwrite: bool, resu
             acc = ""
         raise RunError(f"{out} already holds a finished run{acc}; there is nothing to resume. "
                        "Pass --overwrite to train it again, or choose another --out")
-    _check_writable(out)
+    check_writable(out)
     try:
         saved = json.loads((out / "config.json").read_text())
         saved_run, saved_preset = saved["run"], saved["preset"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise RunError(f"cannot resume {out}: its config.json is unreadable ({e}); pass --overwrite to start over") from None
     _same_config(out, saved_run, saved_preset, cfg, preset)
-    _remove_temp_files(out)
+    remove_temp_files(out)
     if not (out / CHECKPOINT).is_file():
         prepare_run_dir(out, overwrite=True)  # killed before its first checkpoint: start over in place
         return None
@@ -460,6 +288,91 @@ def _on_rank0(par: distributed.Parallel | None, fn: Callable[[], Any]) -> Any:
     return value
 
 
+@dataclasses.dataclass
+class _Data:
+    """A run's images and labels: uint8 tensors on the device for in-memory datasets, else datasets on disk."""
+    x_train: Any
+    y_train: torch.Tensor
+    x_test: Any
+    y_test: torch.Tensor
+    x_hebb: Any  # what the Hebbian phase sees
+    workers: int  # decoding processes for datasets on disk
+
+
+def _load_data(cfg: RunConfig, data_dir: str | os.PathLike | None, device: torch.device,
+               par: distributed.Parallel | None) -> _Data:
+    proto, info = cfg.protocol, DATASETS[cfg.dataset]
+    train, test = load_dataset(cfg.dataset, "train", data_dir), load_dataset(cfg.dataset, "test", data_dir)
+    if proto.in_memory:
+        x_train, y_train = subset(train.images, train.labels, cfg.train_limit, cfg.seed)
+        x_test, y_test = subset(test.images, test.labels, cfg.test_limit, cfg.seed)
+        workers = 0
+    else:  # datasets stay on disk (memory-mapped or image files); batches are read and augmented as needed
+        x_train, x_test = random_subset(train, cfg.train_limit, cfg.seed), random_subset(test, cfg.test_limit, cfg.seed)
+        y_train, y_test = x_train.labels, x_test.labels
+        hebb = train if proto.hebb_split == "train" else load_dataset(cfg.dataset, proto.hebb_split, data_dir)
+        x_hebb = random_subset(hebb, min(cfg.train_limit or len(hebb), proto.hebb_images or len(hebb)), cfg.seed)
+        workers = cfg.workers if cfg.workers is not None else _default_workers()
+    _check_labels(y_train, info.num_classes, f"{cfg.dataset} train")
+    _check_labels(y_test, info.num_classes, f"{cfg.dataset} test")
+    if par is not None:
+        try:
+            par.check_batches(int(y_train.numel()), cfg.hebb_batch)
+        except ValueError as e:
+            raise RunError(str(e)) from None
+    if proto.in_memory:
+        x_train, x_test = x_train.to(device), x_test.to(device)
+        x_hebb = x_train
+    return _Data(x_train, y_train.to(device), x_test, y_test.to(device), x_hebb, workers)
+
+
+class _Recorder:
+    """The run's metrics log and checkpoints; only rank 0 writes, every rank takes part in a checkpoint."""
+
+    def __init__(self, out: Path, cfg: RunConfig, model: SoftHebbNet, config: dict, ckpt: dict | None,
+                 par: distributed.Parallel | None, echo: bool) -> None:
+        self.out, self.cfg, self.model, self.par, self.echo = out, cfg, model, par, echo
+        self.metrics = None
+        if par is None or par.rank == 0:
+            if ckpt is None:
+                try:
+                    atomic_write(out / "config.json", json.dumps(config, indent=2))
+                except OSError as e:
+                    raise RunError(f"cannot write the run directory {out} ({e})") from None
+            self.metrics = open(out / "metrics.jsonl", "a")
+            self.metrics.truncate(ckpt["metrics_bytes"] if ckpt else 0)  # rows logged after the checkpoint come again
+            self.metrics.seek(0, os.SEEK_END)
+
+    def log(self, row: dict) -> None:
+        if self.metrics is None:
+            return
+        self.metrics.write(json.dumps(row) + "\n")
+        self.metrics.flush()
+        if self.echo and (row["phase"] == "hebbian" or "test_acc" in row):
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+
+    def checkpoint(self, phase: str, state: dict) -> None:
+        """Called on every rank (the probe's RNG states are gathered); rank 0 writes."""
+        par = self.par
+        full = {"format": 1, "phase": phase, "run": dataclasses.asdict(self.cfg),
+                "world_size": par.world_size if par else 1, "model": self.model.state_dict(), "stats": _counters(self.model)}
+        if phase == "probe":
+            full["probe"] = {**state, "rng": par.gather(state["rng"]) if par else [state["rng"]]}
+        else:
+            full[PHASE_STATE[phase]] = state
+        if self.metrics is not None:
+            self.metrics.flush()
+            full["metrics_bytes"] = os.fstat(self.metrics.fileno()).st_size
+            save_checkpoint(self.out / CHECKPOINT, full)
+
+    def saver(self, phase: str, every: int) -> Callable[[dict], None] | None:
+        return (lambda state: self.checkpoint(phase, state)) if every else None
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+
+
 def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | None = None, overwrite: bool = False,
         progress: bool = True, echo: bool = True, resume: bool = False, checkpoint_every: int = 0) -> dict[str, Any]:
     """Train and evaluate one configuration, writing its run directory. Returns the result dict.
@@ -478,151 +391,105 @@ def run(cfg: RunConfig, out: str | os.PathLike, data_dir: str | os.PathLike | No
     preset = cfg.resolved_preset()
     if (cfg.backprop or cfg.mode == "hybrid") and par is not None:
         raise RunError("backprop presets and hybrid runs are trained in one process (not under torchrun)")
+    if par is not None and not (cfg.protocol.in_memory and not cfg.probe_augmentation):
+        raise RunError("multi-process (torchrun) runs support the in-memory datasets "
+                       f"({', '.join(IN_MEMORY)}) without probe augmentation only")
     ckpt = _on_rank0(par, lambda: _open_run_dir(out, cfg, preset, overwrite, resume))
     device = resolve_device(cfg.device)
     t0 = time.perf_counter()
-    proto = cfg.protocol
-    in_memory = cfg.dataset in IN_MEMORY
-    if par is not None and not (in_memory and not cfg.probe_augmentation):
-        raise RunError("multi-process (torchrun) runs support the in-memory datasets "
-                       f"({', '.join(IN_MEMORY)}) without probe augmentation only")
-    train = load_dataset(cfg.dataset, "train", data_dir)
-    test = load_dataset(cfg.dataset, "test", data_dir)
-    workers = 0 if in_memory else cfg.workers if cfg.workers is not None else _default_workers()
-    if in_memory:
-        x_train, y_train = _subset(train.images, train.labels, cfg.train_limit, cfg.seed)
-        x_test, y_test = _subset(test.images, test.labels, cfg.test_limit, cfg.seed)
-    else:  # datasets stay on disk (memory-mapped or image files); batches are read and augmented as needed
-        x_train, x_test = random_subset(train, cfg.train_limit, cfg.seed), random_subset(test, cfg.test_limit, cfg.seed)
-        y_train, y_test = x_train.labels, x_test.labels
-        hebb = train if proto.hebb_split == "train" else load_dataset(cfg.dataset, proto.hebb_split, data_dir)
-        x_hebb = random_subset(hebb, min(cfg.train_limit or len(hebb), proto.hebb_images or len(hebb)), cfg.seed)
+    data = _load_data(cfg, data_dir, device, par)
     info = DATASETS[cfg.dataset]
-    _check_labels(y_train, info.num_classes, f"{cfg.dataset} train")
-    _check_labels(y_test, info.num_classes, f"{cfg.dataset} test")
-    if par is not None:
-        try:
-            par.check_batches(int(y_train.numel()), cfg.hebb_batch)
-        except ValueError as e:
-            raise RunError(str(e)) from None
-    y_train, y_test = y_train.to(device), y_test.to(device)
-    if in_memory:
-        x_train, x_test = x_train.to(device), x_test.to(device)
-        x_hebb = x_train
-
     model = build_model(preset, info.shape, info.num_classes, seed=cfg.seed).to(device)
     config = {"softhebb_version": __version__, "run": dataclasses.asdict(cfg), "preset": preset,
               "in_shape": list(info.shape), "num_classes": info.num_classes,
-              "train_size": int(y_train.numel()), "test_size": int(y_test.numel()),
+              "train_size": int(data.y_train.numel()), "test_size": int(data.y_test.numel()),
               "torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),
               "world_size": par.world_size if par else 1,
               "machine": platform.machine(), "python": platform.python_version()}
     if ckpt is not None:
         _restore(model, ckpt, par)
-    metrics = None
-    if lead:
-        if ckpt is None:
-            try:
-                atomic_write(out / "config.json", json.dumps(config, indent=2))
-            except OSError as e:
-                raise RunError(f"cannot write the run directory {out} ({e})") from None
-        metrics = open(out / "metrics.jsonl", "a")
-        metrics.truncate(ckpt["metrics_bytes"] if ckpt else 0)  # rows logged after the checkpoint come again
-        metrics.seek(0, os.SEEK_END)
-
-    def log(row: dict) -> None:
-        if metrics is None:
-            return
-        metrics.write(json.dumps(row) + "\n")
-        metrics.flush()
-        if echo and (row["phase"] == "hebbian" or "test_acc" in row):
-            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
-
-    def checkpoint(phase: str, state: dict) -> None:
-        """Called on every rank (the probe's RNG states are gathered); rank 0 writes."""
-        full = {"format": 1, "phase": phase, "run": dataclasses.asdict(cfg), "world_size": par.world_size if par else 1,
-                "model": model.state_dict(), "stats": _counters(model)}
-        if phase == "probe":
-            full["probe"] = {**state, "rng": par.gather(state["rng"]) if par else [state["rng"]]}
-        else:
-            full[_PHASE_STATE[phase]] = state
-        if metrics is not None:
-            metrics.flush()
-            full["metrics_bytes"] = os.fstat(metrics.fileno()).st_size
-            save_checkpoint(out / CHECKPOINT, full)
-
-    rows = par.rows if par else (lambda t: t)  # the probe's features are sharded over ranks
-    every = checkpoint_every
+    rec = _Recorder(out, cfg, model, config, ckpt, par, echo)
     try:
-        t_data = time.perf_counter()
-        if cfg.backprop:  # no Hebbian phase and no cached features: every layer learns from the labels
-            probe = train_backprop(model, x_train, y_train, x_test, y_test, cfg.bp_mode, cfg.probe_epochs, cfg.probe_batch,
-                                   cfg.probe_lr, cfg.seed, augment=cfg.probe_augmentation, eval_every=cfg.eval_every, log=log,
-                                   progress=progress, workers=workers,
-                                   checkpoint=(lambda state: checkpoint("backprop", state)) if every else None,
-                                   start=ckpt["backprop"] if ckpt else None)
-            t_hebb = t_feat = t_data
-        elif cfg.mode == "hybrid":  # Hebbian updates and classifier steps from the same batches (Fig. B.3.B)
-            probe = train_hybrid(model, x_train, y_train, x_test, y_test, cfg.probe_epochs, cfg.probe_batch, cfg.probe_lr,
-                                 cfg.seed, log, progress and lead,
-                                 checkpoint=(lambda state: checkpoint("hybrid", state)) if every else None,
-                                 start=ckpt["hybrid"] if ckpt else None)
-            t_hebb = t_feat = t_data
-        else:
-            cache = None  # the frozen prefix's outputs for every training image (train.PrefixCache), if it kept them
-            if ckpt is None or ckpt["phase"] == "hebbian":
-                with _cpu.tuned(device):
-                    cache = hebbian_phase(model, x_hebb, cfg.mode, cfg.hebb_epochs, cfg.hebb_batch, cfg.seed, log,
-                                      progress and lead, checkpoint=(lambda pos: checkpoint("hebbian", pos)) if every else None,
-                                      checkpoint_every=every, start=ckpt["position"] if ckpt else None, parallel=par,
-                                      precision=cfg.precision, augment=proto.hebb_augment, workers=workers)
-            if cfg.hebb_epochs == 0 and cfg.random_bn == "data":
-                calibrate_batchnorm(model, x_hebb)
-            t_hebb = time.perf_counter()
-            if cfg.probe_augmentation:
-                cache = None  # augmented features cannot come from it: free its buffer before they are made
-            f_train, f_test = probe_features(model, cfg, rows(x_train), rows(x_test), workers, progress and lead, cache)
-            del cache  # the training features may be a view of its buffer, which they keep
-            t_feat = time.perf_counter()
-            probe_start = None
-            if ckpt is not None and ckpt["phase"] == "probe":
-                rngs = ckpt["probe"]["rng"]
-                rank = par.rank if par else 0
-                # another number of ranks than the checkpoint's: fresh dropout masks from here on
-                probe_start = {**ckpt["probe"], "rng": rngs[rank]} if len(rngs) == config["world_size"] else \
-                    {k: v for k, v in ckpt["probe"].items() if k != "rng"}
-            probe = train_probe(model, f_train, rows(y_train), f_test, rows(y_test), cfg.probe_epochs, cfg.probe_batch,
-                                cfg.probe_lr, cfg.seed, cfg.eval_every, log, progress and lead,
-                                checkpoint=(lambda state: checkpoint("probe", state)) if every else None,
-                                start=probe_start, parallel=par)
-            if not probe:  # no probe epochs: report the untrained head so the run still has a result
-                test = evaluate(model, f_test, rows(y_test), parallel=par)
-                probe = {"test_acc": test["acc"], "test_loss": test["loss"]}
-        t_probe = time.perf_counter()
+        probe, seconds = _train(cfg, model, data, rec, ckpt, checkpoint_every, progress and lead, par)
     except NonFiniteError as e:
         kept = f"its last good checkpoint {out / CHECKPOINT} is kept" if (out / CHECKPOINT).exists() else \
             "it holds no checkpoint (pass --checkpoint-every to keep one)"
         raise RunError(f"{e}. The run directory {out} is unfinished: {kept}") from None
     finally:
-        if metrics is not None:
-            metrics.close()
+        rec.close()
+    result = _result(cfg, model, preset, probe, {"data": seconds["start"] - t0, **seconds}, t0, ckpt)
+    if lead:
+        save_model(model, out / "model.safetensors", config)
+        atomic_write(out / "result.json", json.dumps(result, indent=2))
+        (out / CHECKPOINT).unlink(missing_ok=True)  # finished: result.json and the model replace it
+    return result
+
+
+def _train(cfg: RunConfig, model: SoftHebbNet, data: _Data, rec: _Recorder, ckpt: dict | None, every: int,
+           progress: bool, par: distributed.Parallel | None) -> tuple[dict, dict[str, float]]:
+    """The run's training, by method; returns the probe's result and the wall times of its phases."""
+    t_start = time.perf_counter()
+    if cfg.backprop:  # no Hebbian phase and no cached features: every layer learns from the labels
+        probe = train_backprop(model, data.x_train, data.y_train, data.x_test, data.y_test, cfg.bp_mode, cfg.probe_epochs,
+                               cfg.probe_batch, cfg.probe_lr, cfg.seed, augment=cfg.probe_augmentation,
+                               eval_every=cfg.eval_every, log=rec.log, progress=progress, workers=data.workers,
+                               checkpoint=rec.saver("backprop", every), start=ckpt["backprop"] if ckpt else None)
+        return probe, {"start": t_start, "hebbian": 0.0, "features": 0.0, "probe": time.perf_counter() - t_start}
+    if cfg.mode == "hybrid":  # Hebbian updates and classifier steps from the same batches (Fig. B.3.B)
+        probe = train_hybrid(model, data.x_train, data.y_train, data.x_test, data.y_test, cfg.probe_epochs,
+                             cfg.probe_batch, cfg.probe_lr, cfg.seed, rec.log, progress,
+                             checkpoint=rec.saver("hybrid", every), start=ckpt["hybrid"] if ckpt else None)
+        return probe, {"start": t_start, "hebbian": 0.0, "features": 0.0, "probe": time.perf_counter() - t_start}
+    cache = None  # the frozen prefix's outputs for every training image (features.PrefixCache), if it kept them
+    if ckpt is None or ckpt["phase"] == "hebbian":
+        with _cpu.tuned(model.device):
+            cache = hebbian_phase(model, data.x_hebb, cfg.mode, cfg.hebb_epochs, cfg.hebb_batch, cfg.seed, rec.log,
+                                  progress, checkpoint=rec.saver("hebbian", every), checkpoint_every=every,
+                                  start=ckpt["position"] if ckpt else None, parallel=par, precision=cfg.precision,
+                                  augment=cfg.protocol.hebb_augment, workers=data.workers)
+    if cfg.hebb_epochs == 0 and cfg.random_bn == "data":
+        calibrate_batchnorm(model, data.x_hebb)
+    t_hebb = time.perf_counter()
+    if cfg.probe_augmentation:
+        cache = None  # augmented features cannot come from it: free its buffer before they are made
+    rows = par.rows if par else (lambda t: t)  # the probe's features are sharded over ranks
+    f_train, f_test = probe_features(model, cfg, rows(data.x_train), rows(data.x_test), data.workers, progress, cache)
+    del cache  # the training features may be a view of its buffer, which they keep
+    t_feat = time.perf_counter()
+    probe = train_probe(model, f_train, rows(data.y_train), f_test, rows(data.y_test), cfg.probe_epochs, cfg.probe_batch,
+                        cfg.probe_lr, cfg.seed, cfg.eval_every, rec.log, progress, checkpoint=rec.saver("probe", every),
+                        start=_probe_start(ckpt, par), parallel=par)
+    if not probe:  # no probe epochs: report the untrained head so the run still has a result
+        test = evaluate(model, f_test, rows(data.y_test), parallel=par)
+        probe = {"test_acc": test["acc"], "test_loss": test["loss"]}
+    t_probe = time.perf_counter()
+    return probe, {"start": t_start, "hebbian": t_hebb - t_start, "features": t_feat - t_hebb, "probe": t_probe - t_feat}
+
+
+def _probe_start(ckpt: dict | None, par: distributed.Parallel | None) -> dict | None:
+    """The probe's checkpoint state for this rank; on another number of ranks, fresh dropout masks from here on."""
+    if ckpt is None or ckpt["phase"] != "probe":
+        return None
+    rngs = ckpt["probe"]["rng"]
+    if len(rngs) == (par.world_size if par else 1):
+        return {**ckpt["probe"], "rng": rngs[par.rank if par else 0]}
+    return {k: v for k, v in ckpt["probe"].items() if k != "rng"}
+
+
+def _result(cfg: RunConfig, model: SoftHebbNet, preset: dict, probe: dict, seconds: dict[str, float], t0: float,
+            ckpt: dict | None) -> dict[str, Any]:
     hebb_stats = {str(i): {k: None if isinstance(v, float) and not math.isfinite(v) else v
                            for k, v in model.blocks[i].layer.stats().items()} for i in model.hebbian_block_indices()}
     result = {**probe, "preset": preset["name"], "dataset": cfg.dataset, "seed": cfg.seed, "mode": cfg.mode,
               "method": "backprop" if cfg.backprop else "random" if cfg.hebb_epochs == 0 else "hebbian",
               "r1": sum(s["r1"] for s in hebb_stats.values()), "hebbian_stats": hebb_stats,
-              "seconds": {"data": round(t_data - t0, 2), "hebbian": round(t_hebb - t_data, 2),
-                          "features": round(t_feat - t_hebb, 2), "probe": round(t_probe - t_feat, 2),
-                          "total": round(time.perf_counter() - t0, 2)},
+              "seconds": {k: round(seconds[k], 2) for k in ("data", "hebbian", "features", "probe")}
+              | {"total": round(time.perf_counter() - t0, 2)},
               "peak_rss_mb": round(peak_rss_mb(), 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if ckpt is not None:
-        place = ckpt[_PHASE_STATE[ckpt["phase"]]]  # hebbian: stage/epoch/batch; probe: epoch; backprop: stage/epoch
+        place = ckpt[PHASE_STATE[ckpt["phase"]]]  # hebbian: stage/epoch/batch; probe: epoch; backprop: stage/epoch
         result["resumed_from"] = {"phase": ckpt["phase"],
                                   **{k: place[k] for k in ("stage", "epoch", "batch") if k in place}}
-    if lead:
-        save_model(model, out / "model.safetensors", config)
-        atomic_write(out / "result.json", json.dumps(result, indent=2))
-        (out / CHECKPOINT).unlink(missing_ok=True)  # finished: result.json and the model replace it
     return result
 
 
@@ -674,7 +541,7 @@ def evaluate_run(run_dir: str | os.PathLike, dataset: str | None = None, data_di
                        f"but {name} has {DATASETS[name].num_classes} classes")
     precision = config["run"].get("precision", "fp32")
     if name in IN_MEMORY:
-        x, y = _subset(test.images, test.labels, limit, config["run"]["seed"])  # the subset `train --test-limit` used
+        x, y = subset(test.images, test.labels, limit, config["run"]["seed"])  # the subset `train --test-limit` used
         feats = extract_features(model, x.to(dev), precision=precision)
     else:
         x = random_subset(test, limit, config["run"]["seed"])

@@ -41,7 +41,7 @@ import torch
 
 from .data import DATA_ENV, DATASETS, load_dataset
 from .network import build_model, get_preset
-from .run import IN_MEMORY, RunError, _subset, atomic_write, resolve_device
+from .run import IN_MEMORY, RunError, subset, atomic_write, resolve_device
 from .features import extract_features
 from .hebbian import MODES, NonFiniteError, hebbian_phase
 from .probe import train_probe
@@ -213,7 +213,7 @@ def search(cfg: SearchConfig, out: str | os.PathLike, study_name: str | None = N
 
     device = resolve_device(cfg.device)
     train = load_dataset(cfg.dataset, "train", data_dir)  # the test split is never loaded
-    images, labels = _subset(train.images, train.labels, cfg.train_limit, cfg.seed)
+    images, labels = subset(train.images, train.labels, cfg.train_limit, cfg.seed)
     tr, va = validation_split(labels.numel(), cfg.val_fraction, cfg.seed)
     x_tr, y_tr, x_va, y_va = (t.to(device) for t in (images[tr], labels[tr], images[va], labels[va]))
     info = DATASETS[cfg.dataset]

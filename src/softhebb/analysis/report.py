@@ -16,7 +16,7 @@ import torch
 
 from ..data import DATA_ENV, DATASETS, load_dataset
 from ..network import build_model
-from ..run import IN_MEMORY, RunError, _subset, load_run
+from ..run import IN_MEMORY, RunError, subset, load_run
 from . import plots
 from .dynamics import compare_schedules, record_dynamics
 from .geometry import receptive_fields
@@ -78,7 +78,7 @@ def load_data(config: dict, split: str, data_dir: str | os.PathLike | None, data
     if tuple(ds.images.shape[1:]) != tuple(config["in_shape"]):
         raise RunError(f"the run was trained on inputs of shape {tuple(config['in_shape'])}, "
                        f"but {name} images have shape {tuple(ds.images.shape[1:])}")
-    x, y = _subset(ds.images, ds.labels, limit, seed)
+    x, y = subset(ds.images, ds.labels, limit, seed)
     return x, y, ds.classes
 
 
