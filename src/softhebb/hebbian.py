@@ -105,15 +105,10 @@ def hebbian_phase(
                     if on_batch is not None:
                         on_batch({"stage": s, "epoch": epoch, "batch": b + 1})
                     if checkpoint_every and (b + 1) % checkpoint_every == 0 and b + 1 < run.n_batches:
-                        run.check_finite()
-                        if checkpoint:
-                            with _summed_counters(parallel, run.layers):
-                                checkpoint({"stage": s, "epoch": epoch, "batch": b + 1})
-            run.check_finite()
-            with _summed_counters(parallel, run.layers):
-                if checkpoint and checkpoint_every:
-                    checkpoint({"stage": s, "epoch": epoch, "batch": run.n_batches})
-                if log:
+                        run.save(checkpoint, epoch, b + 1)
+            run.save(checkpoint if checkpoint_every else None, epoch, run.n_batches)
+            if log:
+                with _summed_counters(parallel, run.layers):
                     for i in stage:
                         log({"phase": "hebbian", "block": i, "epoch": epoch + 1,
                              "seconds": round(time.perf_counter() - start_time, 3), **model.blocks[i].layer.stats()})
@@ -175,8 +170,12 @@ class _Stage:
                 layer.step()
             yield b, idx
 
-    def check_finite(self) -> None:
+    def save(self, checkpoint: Checkpoint | None, epoch: int, batch: int) -> None:
+        """Check the weights for NaN/Inf (one host sync), then checkpoint the position of the next batch."""
         check_finite(self.model, self.stage, self.update0, self.n_batches)
+        if checkpoint:
+            with _summed_counters(self.parallel, self.layers):
+                checkpoint({"stage": self.s, "epoch": epoch, "batch": batch})
 
 
 def _summed_counters(parallel: Parallel | None, layers: list) -> contextlib.AbstractContextManager:

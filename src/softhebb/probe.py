@@ -106,14 +106,7 @@ def train_probe(
             order = torch.randperm(n, generator=gen)
             batches = (parallel.probe_batches(order, batch_size, device) if parallel is not None
                        else [(idx, idx.numel()) for idx in index_batches(order.to(device), batch_size)])
-            if isinstance(train_features, StreamedFeatures):  # decoded from CPU indices, labels gathered on the device
-                rows = train_features.iterate(list(index_batches(order, batch_size)), epoch)
-            elif views:  # row i of view v is row v * n + i of the flattened views
-                pick = torch.randint(views, (n,), generator=torch.Generator().manual_seed(batch_seed(seed, epoch)))
-                flat, offset = train_features.flatten(0, 1), (pick * n).to(device)
-                rows = (flat.index_select(0, idx + offset.index_select(0, idx)) for idx, _ in batches)
-            else:
-                rows = (train_features.index_select(0, idx) for idx, _ in batches)  # ~7x faster than [idx] on CPU
+            rows = _epoch_rows(train_features, order, batches, batch_size, seed, epoch)
             for (idx, global_size), x in zip(batches, rows):
                 y = train_labels[idx]
                 logits = model.head(x.float())
@@ -142,6 +135,19 @@ def train_probe(
             bar.update(1)
     model.eval()
     return result
+
+
+def _epoch_rows(features: torch.Tensor | StreamedFeatures, order: torch.Tensor, batches: list[tuple[torch.Tensor, int]],
+                batch_size: int, seed: int, epoch: int) -> Iterator[torch.Tensor]:
+    """The feature rows of one probe epoch's batches: gathered, drawn from one of the views, or computed."""
+    if isinstance(features, StreamedFeatures):  # decoded from CPU indices, labels gathered on the device
+        return features.iterate(list(index_batches(order, batch_size)), epoch)
+    if features.dim() == 3:  # views: row i of view v is row v * n + i of the flattened views
+        views, n = features.shape[:2]
+        pick = torch.randint(views, (n,), generator=torch.Generator().manual_seed(batch_seed(seed, epoch)))
+        flat, offset = features.flatten(0, 1), (pick * n).to(features.device)
+        return (flat.index_select(0, idx + offset.index_select(0, idx)) for idx, _ in batches)
+    return (features.index_select(0, idx) for idx, _ in batches)  # ~7x faster than [idx] on CPU
 
 
 @contextlib.contextmanager
