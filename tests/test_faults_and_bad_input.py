@@ -240,7 +240,7 @@ def test_nonfinite_update_stops_with_block_and_batch_named():
 def test_nonfinite_run_keeps_the_last_good_checkpoint_and_writes_no_result(fake, tmp_path):
     fake["preset"] = exploding(1)
     out = tmp_path / "nan"
-    with pytest.raises(RunError, match=r"block 1 .*batch 2/12 in epoch 1 made its weights NaN or Inf.*last good checkpoint"):
+    with pytest.raises(RunError, match=r"block 1 .*batch 2/12 in epoch 1 was NaN or Inf, so it was refused.*last good checkpoint"):
         run(cfg(), out, progress=False, echo=False, checkpoint_every=4)
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.safetensors", "config.json", "metrics.jsonl"]
     ckpt = load_checkpoint(out / CHECKPOINT)
@@ -251,7 +251,7 @@ def test_nonfinite_run_keeps_the_last_good_checkpoint_and_writes_no_result(fake,
 def test_nonfinite_hybrid_run_stops_before_saving_a_result(fake, tmp_path):
     fake["preset"] = exploding(0)
     out = tmp_path / "nan"
-    with pytest.raises(RunError, match=r"block 0 .*batch 2/8 in epoch 1 made its weights NaN or Inf"):
+    with pytest.raises(RunError, match=r"block 0 .*batch 2/8 in epoch 1 was NaN or Inf, so it was refused"):
         run(cfg(mode="hybrid"), out, progress=False, echo=False, checkpoint_every=1)
     assert not (out / "result.json").exists() and not (out / CHECKPOINT).exists()  # epoch 1 never looked finished
 
@@ -388,3 +388,23 @@ def test_unwritable_output_directory_message(fake, tmp_path, monkeypatch):
     with pytest.raises(RunError, match=r"cannot write the run directory .*: .* is not writable"):
         run(cfg(), tmp_path / "run", progress=False, echo=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_nan_pixel_is_refused_before_the_weights_change():
+    """One NaN pixel in a batch: the layer's step raises, names itself, and leaves every weight as it was."""
+    from softhebb import HebbianConv2d, hebbian_step
+    layer = HebbianConv2d(3, 8, 3, padding=1, t_invert=1.0, lr=0.05).train()
+    x = torch.rand(4, 3, 8, 8)
+    layer(x)
+    hebbian_step(layer)
+    before = layer.weight.clone()
+    x[1, 2, 3, 4] = float("nan")
+    with torch.no_grad():
+        layer(x)
+    with pytest.raises(NonFiniteError, match=r"HebbianConv2d \(rule=softhebb.*\): update 2 is not finite"):
+        hebbian_step(layer)
+    assert torch.equal(layer.weight, before) and int(layer.first_nonfinite_update) == 2
+    layer(torch.rand(4, 3, 8, 8))
+    with pytest.raises(NonFiniteError):  # frozen after a bad update: a later finite batch does not hide it
+        layer.step()
+    assert torch.equal(layer.weight, before)

@@ -11,16 +11,13 @@ import torch
 
 from .batching import Checkpoint, Images, Augment, Logger, autocast, batch_seed, index_batches, iterate_batches, progress_bar
 from .features import PrefixCache, frozen_forward
+from .layers import NonFiniteError
 from .network import SoftHebbNet
 
 if TYPE_CHECKING:
     from .distributed import Parallel
 
 MODES = ("successive", "simultaneous")  # of hebbian_phase; runs also have "hybrid" (softhebb.hybrid)
-
-
-class NonFiniteError(RuntimeError):
-    """A Hebbian update made weights NaN or Inf; training stops before anything bad is checkpointed."""
 
 
 def hebbian_phase(
@@ -166,8 +163,12 @@ class _Stage:
                 last.layer(last.pre(h.contiguous()))  # NCHW into the trained layer; its activation and pool are not needed
             if self.parallel is not None:
                 self.parallel.reduce_pending(self.layers)
-            for layer in self.layers:
-                layer.step()
+            try:
+                for layer in self.layers:
+                    layer.step()
+            except NonFiniteError:
+                self.save(None, epoch, b + 1)  # raises the error with the block and batch named
+                raise
             yield b, idx
 
     def save(self, checkpoint: Checkpoint | None, epoch: int, batch: int) -> None:
@@ -192,6 +193,6 @@ def check_finite(model: SoftHebbNet, stage: list[int], update0: list[int], n_bat
         layer = model.blocks[i].layer
         raise NonFiniteError(
             f"block {i} ({type(layer).__name__}, {layer.rule_repr()}): the Hebbian update of batch {batch + 1}/{n_batches} "
-            f"in epoch {epoch + 1} made its weights NaN or Inf. Lower its lr, t_invert or power_lr, or check the input "
-            f"images; training stopped before saving anything after that batch")
+            f"in epoch {epoch + 1} was NaN or Inf, so it was refused and the weights are those before it. Lower its lr, "
+            f"t_invert or power_lr, or check the input images; training stopped before saving anything after that batch")
 

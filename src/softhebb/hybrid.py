@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from .batching import Checkpoint, Logger, index_batches, load_batch, progress_bar
 from .features import extract_features
 from .hebbian import check_finite
+from .layers import NonFiniteError
 from .network import SoftHebbNet
 from .probe import adam_epochs, epoch_state, evaluate
 
@@ -64,8 +65,12 @@ def train_hybrid(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                for i in hebb:
-                    model.blocks[i].layer.step()
+                try:
+                    for i in hebb:
+                        model.blocks[i].layer.step()
+                except NonFiniteError:
+                    check_finite(model, hebb, update0, n_batches)  # raises it with the block and batch named
+                    raise
                 seen += idx.numel()
                 if log:
                     row = {"phase": "hybrid", "epoch": epoch, "seen": seen, "loss": loss.item(),

@@ -28,6 +28,10 @@ PADDING_MODES = ("zeros", "reflect", "replicate", "circular")
 SCHEDULES = ("radius", "linear")
 
 
+class NonFiniteError(RuntimeError):
+    """A Hebbian update that is NaN or Inf; it was refused, so the weights are still those before it."""
+
+
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
@@ -114,13 +118,22 @@ class HebbianLayer(nn.Module):
         if self._yx is None:
             return False
         rate = self.learning_rate().to(self.weight.dtype)
-        dmax = P.apply_update_(self.weight, self._yx, self._yu, rate, self.groups)
-        self.num_updates += 1
-        # Recorded on the device: reading it here would sync with the host every batch, so the training
-        # loop reads it at checkpoints and epoch ends. |step| ≤ rate, so finite rates and Δw keep w finite.
-        first_bad = ~(torch.isfinite(dmax).all() & torch.isfinite(rate).all()) & (self.first_nonfinite_update < 0)
-        self.first_nonfinite_update.copy_(torch.where(first_bad, self.num_updates, self.first_nonfinite_update))
+        dw, dmax = P.update_direction(self.weight, self._yx, self._yu, self.groups)
         self._yx = self._yu = None
+        self.num_updates += 1
+        # |step| ≤ rate, so a finite rate and Δw keep w finite; after a bad update the layer stays frozen.
+        ok = torch.isfinite(dmax).all() & torch.isfinite(rate).all() & (self.first_nonfinite_update < 0)
+        self.first_nonfinite_update.copy_(torch.where(ok | (self.first_nonfinite_update >= 0),
+                                                      self.first_nonfinite_update, self.num_updates))
+        if self.weight.device.type == "cpu":  # reading a CPU flag costs nothing: refuse before the weights change
+            if not ok:
+                raise NonFiniteError(f"{type(self).__name__} ({self.rule_repr()}): update {int(self.num_updates)} is "
+                                     "not finite (NaN or Inf in Σỹx, Σỹu or the rate); the weights are left unchanged")
+            P.apply_direction_(self.weight, dw, dmax, rate, self.groups)
+        else:  # reading it would sync with the GPU every batch: the update is skipped on the device instead, and
+            # the training loop reads first_nonfinite_update at checkpoints and epoch ends
+            P.apply_direction_(self.weight, dw.nan_to_num_(0.0, 0.0, 0.0), torch.where(ok, dmax, 1.0),
+                               torch.where(ok, rate, 0.0), self.groups)
         return True
 
     def zero_pending(self) -> None:
