@@ -32,3 +32,20 @@ def test_readme_layer_snippet_runs():
     exec(compile(block.group(1), "README.md", "exec"), scope)  # noqa: S102 — our own README
     layer = scope["net"][1]
     assert int(layer.num_updates) == 3
+
+
+def test_readme_python_api_snippet_runs(data_root, monkeypatch, capsys):
+    """The README's preset / phases / probe block, on 300 real MNIST images per split."""
+    import softhebb.data
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```python\n(from softhebb import build_model.*?)```", text, re.S)
+    assert block, "the README's Python API example is missing"
+    load = softhebb.data.load_dataset
+
+    def small(name, split, root=None):
+        ds = load(name, split, data_root)
+        return softhebb.data.ImageDataset(ds.name, ds.split, ds.images[:300], ds.labels[:300], ds.classes)
+
+    monkeypatch.setattr(softhebb.data, "load_dataset", small)
+    exec(compile(block.group(1), "README.md", "exec"), {})  # noqa: S102 — our own README
+    assert "'test_acc'" in capsys.readouterr().out
