@@ -19,7 +19,7 @@ from pathlib import Path
 from softhebb.data import load_dataset
 from softhebb.network import build_model
 from softhebb.shallow import label_assignment_accuracy, post_hoc_loss
-from softhebb.train import evaluate, extract_features
+from softhebb import evaluate, extract_features
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import pickle
@@ -17,6 +18,7 @@ import torch
 
 from softhebb import data
 from softhebb.data import DATA_ENV, DatasetError, load_dataset, resolve_data_root
+from softhebb.data import cifar, idx
 
 N = 5  # items per tiny split
 CIFAR_CLASSES = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
@@ -44,7 +46,7 @@ def write_idx(folder: Path, split: str = "test", images=None, labels=None, gz: b
     if label_bytes is None:
         label_bytes = idx_bytes(2049, labels.shape, labels.tobytes())
     paths = []
-    for name, content in zip(data._IDX_FILES[split], (image_bytes, label_bytes)):
+    for name, content in zip(idx.IDX_FILES[split], (image_bytes, label_bytes)):
         path = folder / (name + ".gz" if gz else name)
         path.write_bytes(gzip.compress(content) if gz else content)
         paths.append(path)
@@ -61,7 +63,7 @@ def cifar_batch(n: int, seed: int) -> dict:
 def write_cifar(batch_dir: Path, n: int = N) -> dict[str, dict]:
     """The official python-version layout; protocol 4 keeps bytes as bytes (protocol 2 would need _codecs.encode)."""
     batch_dir.mkdir(parents=True, exist_ok=True)
-    batches = {name: cifar_batch(n, seed) for seed, name in enumerate(list(data._CIFAR_SHA256))}
+    batches = {name: cifar_batch(n, seed) for seed, name in enumerate(list(cifar.CIFAR10_SHA256))}
     for name, batch in batches.items():
         (batch_dir / name).write_bytes(pickle.dumps(batch, protocol=4))
     meta = {b"num_cases_per_batch": n, b"label_names": CIFAR_CLASSES, b"num_vis": 3072}
@@ -112,7 +114,7 @@ def test_load_idx(tmp_path, name, gz):
 def test_fashion_mnist_falls_back_to_debian_copy(tmp_path, monkeypatch):
     images, labels = tiny_mnist(seed=3)
     write_idx(tmp_path / "debian", "test", images, labels)
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
+    monkeypatch.setattr(idx, "DEBIAN_FASHION_MNIST", tmp_path / "debian")
     ds = load_dataset("fashion-mnist", "test", root=tmp_path / "root", verify=False)
     assert np.array_equal(ds.labels.numpy(), labels)
 
@@ -164,7 +166,7 @@ def test_idx_checksum_mismatch(tmp_path):
     with pytest.raises(DatasetError, match="sha256") as err:
         load_dataset("mnist", "test", root=tmp_path, verify=True)
     message = str(err.value)
-    assert str(image_path) in message and data._IDX_CHECKSUMS["mnist"]["t10k-images-idx3-ubyte"][1] in message
+    assert str(image_path) in message and idx.IDX_CHECKSUMS["mnist"]["t10k-images-idx3-ubyte"][1] in message
 
 
 # ----------------------------------------------------------------------------- missing files and downloads
@@ -196,9 +198,9 @@ def test_download_verifies_md5_and_renames(tmp_path, monkeypatch):
                 "labels": gzip.compress(idx_bytes(2049, labels.shape, labels.tobytes()))}
     monkeypatch.setattr(urllib.request, "urlopen",
                         lambda url, timeout=None: io.BytesIO(payloads["images" if "images" in url else "labels"]))
-    sums = data._IDX_CHECKSUMS["mnist"]
-    for kind, name in zip(payloads, data._IDX_FILES["test"]):
-        monkeypatch.setitem(sums, name, (data.hashlib.md5(payloads[kind]).hexdigest(), sums[name][1]))
+    sums = idx.IDX_CHECKSUMS["mnist"]
+    for kind, name in zip(payloads, idx.IDX_FILES["test"]):
+        monkeypatch.setitem(sums, name, (hashlib.md5(payloads[kind]).hexdigest(), sums[name][1]))
     ds = load_dataset("mnist", "test", root=tmp_path, verify=False)
     assert np.array_equal(ds.labels.numpy(), labels)
     assert sorted(p.name for p in (tmp_path / "mnist").iterdir()) == ["t10k-images-idx3-ubyte.gz",
@@ -317,7 +319,7 @@ def test_real_mnist_and_cifar10(data_root):
 
 
 def test_real_fashion_mnist(data_root):
-    if not (data_root / "fashion-mnist").exists() and not data.DEBIAN_FASHION_MNIST.is_dir():
+    if not (data_root / "fashion-mnist").exists() and not idx.DEBIAN_FASHION_MNIST.is_dir():
         pytest.skip("no Fashion-MNIST copy (install Debian's dataset-fashion-mnist or add <root>/fashion-mnist)")
     ds = load_dataset("fashion-mnist", "test", root=data_root, download=False, verify=True)
     assert torch.bincount(ds.labels).tolist() == [1000] * 10 and int(ds.labels[0]) == 9

@@ -15,12 +15,16 @@ import torch
 
 pytest.importorskip("PIL")
 
-from softhebb import data, run as run_module, train  # noqa: E402
+from softhebb import data, hebbian, run as run_module  # noqa: E402
 from softhebb import augment  # noqa: E402
 from softhebb.augment import affine_warp, augment_batch  # noqa: E402
+from softhebb.batching import as_input, batch_seed, iterate_batches, load_batch  # noqa: E402
+from softhebb.config import PROTOCOLS, RunConfig  # noqa: E402
+from softhebb.features import StreamedFeatures, extract_features, feature_views  # noqa: E402
 from softhebb.network import build_model  # noqa: E402
-from softhebb.run import PROTOCOLS, RunConfig, RunError, run  # noqa: E402
-from test_data_more import imagenette_tree, stl_images, write_stl, write_tree  # noqa: E402
+from softhebb.probe import train_probe  # noqa: E402
+from softhebb.run import RunError, run  # noqa: E402
+from test_data_formats import imagenette_tree, stl_images, write_stl, write_tree  # noqa: E402
 
 SMALL = "2SoftHebbCnnCIFAR"  # one Hebbian block: the protocols, not the network, are under test here
 
@@ -35,7 +39,7 @@ def unverified(monkeypatch):
 def spy(monkeypatch):
     """Record what the Hebbian phase was given."""
     calls = []
-    real = train.hebbian_phase
+    real = hebbian.hebbian_phase
 
     def hebbian_phase(model, images, *args, **kwargs):
         calls.append({"n": len(images), "split": getattr(images, "split", None), "args": args, **kwargs})
@@ -84,12 +88,12 @@ def test_streamed_features_augment_per_epoch_and_match_cached_without_augmentati
     ds = data.load_dataset("stl10", "train", stl_tree(tmp_path).parent.parent, verify=False)
     model = build_model(SMALL, (3, 96, 96), 10, seed=0)
     idx = [torch.arange(0, 5), torch.arange(5, 12)]
-    aug = train.StreamedFeatures(model, ds, augment=True, seed=3)
+    aug = StreamedFeatures(model, ds, augment=True, seed=3)
     e0, e0_again, e1 = (torch.cat(list(aug.iterate(idx, epoch))) for epoch in (0, 0, 1))
     assert torch.equal(e0, e0_again)  # seeded by (seed, epoch, batch): a resumed epoch sees the same crops
     assert not torch.equal(e0, e1)  # and a new epoch new ones
-    plain = torch.cat(list(train.StreamedFeatures(model, ds).iterate(idx)))
-    torch.testing.assert_close(plain, train.extract_features(model, ds), rtol=1e-5, atol=1e-5)
+    plain = torch.cat(list(StreamedFeatures(model, ds).iterate(idx)))
+    torch.testing.assert_close(plain, extract_features(model, ds), rtol=1e-5, atol=1e-5)
     assert not torch.equal(plain, e0)
 
 
@@ -138,7 +142,7 @@ def test_eval_of_a_file_dataset_run(tmp_path, unverified, monkeypatch):
 def test_streamed_bf16_features_do_not_leave_autocast_on_for_the_head(tmp_path):
     ds = data.load_dataset("stl10", "train", stl_tree(tmp_path).parent.parent, verify=False)
     model = build_model(SMALL, (3, 96, 96), 10, seed=0)
-    rows = train.StreamedFeatures(model, ds, precision="bf16").iterate([torch.arange(0, 4)])
+    rows = StreamedFeatures(model, ds, precision="bf16").iterate([torch.arange(0, 4)])
     f = next(rows)
     assert not torch.is_autocast_enabled("cpu") and model.head(f.float()).dtype == torch.float32
 
@@ -146,7 +150,7 @@ def test_streamed_bf16_features_do_not_leave_autocast_on_for_the_head(tmp_path):
 def test_augmentation_without_a_seed_is_refused():
     images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
     with pytest.raises(ValueError, match="seed"):
-        train.load_batch(images, torch.arange(2), torch.device("cpu"), augment=True)
+        load_batch(images, torch.arange(2), torch.device("cpu"), augment=True)
 
 
 def test_shift_translates_by_at_most_two_pixels_without_flipping():
@@ -218,13 +222,13 @@ def test_named_augmentation_is_the_same_from_a_tensor_a_dataset_and_workers(tmp_
     batches, seeds = [torch.arange(0, 5), torch.arange(5, 12)], [7, 8]
     tensor = ds.get_images(torch.arange(len(ds)))
     cpu = torch.device("cpu")
-    from_tensor = [train.load_batch(tensor, b, cpu, name, s) for b, s in zip(batches, seeds)]
+    from_tensor = [load_batch(tensor, b, cpu, name, s) for b, s in zip(batches, seeds)]
     for workers in (0, 2):
-        got = list(train.iterate_batches(ds, batches, cpu, name, seeds, workers))
+        got = list(iterate_batches(ds, batches, cpu, name, seeds, workers))
         assert len(got) == 2 and all(torch.equal(a, b) for a, b in zip(from_tensor, got))
-    plain = train.load_batch(tensor, batches[0], cpu)
+    plain = load_batch(tensor, batches[0], cpu)
     assert not torch.equal(plain, from_tensor[0])
-    assert not torch.equal(train.load_batch(tensor, batches[0], cpu, True, 7), from_tensor[0])  # not crop + flip
+    assert not torch.equal(load_batch(tensor, batches[0], cpu, True, 7), from_tensor[0])  # not crop + flip
 
 
 def test_probe_augment_option_on_an_in_memory_dataset(data_root, tmp_path, spy):
@@ -261,10 +265,10 @@ def test_streamed_features_group_batches_and_return_them_in_order(tmp_path):
     model = build_model(SMALL, (3, 96, 96), 10, seed=0)
     order = torch.randperm(12, generator=torch.Generator().manual_seed(0))
     batches = [order[:3], order[3:4], order[4:11], order[11:]]  # uneven, one larger than the group size
-    streamed = train.StreamedFeatures(model, ds, batch_size=4)
+    streamed = StreamedFeatures(model, ds, batch_size=4)
     got = list(streamed.iterate(batches))
     assert [f.shape[0] for f in got] == [3, 1, 7, 1]
-    torch.testing.assert_close(torch.cat(got), train.extract_features(model, ds)[order], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.cat(got), extract_features(model, ds)[order], rtol=1e-5, atol=1e-5)
     assert list(streamed.iterate([])) == []
 
 
@@ -272,7 +276,7 @@ def test_noise_is_added_to_pixels_before_a_folders_normalisation(tmp_path):
     imagenette_tree(tmp_path, train=2, val=1)
     ds = data.load_dataset("imagenette", "train", tmp_path, verify=False)
     idx, cpu = torch.arange(4), torch.device("cpu")
-    noisy = train.load_batch(ds, idx, cpu, "noise", 5) - train.load_batch(ds, idx, cpu)
+    noisy = load_batch(ds, idx, cpu, "noise", 5) - load_batch(ds, idx, cpu)
     std = torch.tensor(data.IMAGENET_MEAN_STD[1]).view(1, 3, 1, 1)
     assert abs(float((noisy * std).std()) - 1) < 0.05  # N(0, 1) in [0, 1] pixel units, whatever the dataset's std
 
@@ -299,12 +303,12 @@ def test_feature_views_are_the_features_of_seeded_augmented_copies():
     -1 - v, group), computed here by hand from augment_batch."""
     images = torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8)
     model = build_model(SMALL, (1, 28, 28), 10, seed=0)
-    views = train.feature_views(train.StreamedFeatures(model, images, augment="shift", seed=7, batch_size=4), 3)
+    views = feature_views(StreamedFeatures(model, images, augment="shift", seed=7, batch_size=4), 3)
     assert views.shape == (3, 10, model.num_features)
     for v in range(3):
         for g, s in enumerate(range(0, 10, 4)):
-            gen = torch.Generator().manual_seed(train.batch_seed(7, -1 - v, g))
-            x = augment_batch(train.as_input(images[s:s + 4]), "shift", gen)
+            gen = torch.Generator().manual_seed(batch_seed(7, -1 - v, g))
+            x = augment_batch(as_input(images[s:s + 4]), "shift", gen)
             torch.testing.assert_close(views[v, s:s + 4], model.features(x).flatten(1), rtol=1e-5, atol=1e-5)
     assert not torch.equal(views[0], views[1])
 
@@ -319,7 +323,7 @@ def test_probe_on_views_draws_one_view_per_row_and_keeps_the_data_order():
         model.classifier = torch.nn.Linear(12, 3)
         torch.manual_seed(1)
         model.classifier.reset_parameters()
-        train.train_probe(model, features, y, x_test, y_test, epochs=3, batch_size=16, seed=5, progress=False)
+        train_probe(model, features, y, x_test, y_test, epochs=3, batch_size=16, seed=5, progress=False)
         return model.classifier.weight.detach().clone()
 
     plain, noisy = probe(x), x + torch.randn_like(x)

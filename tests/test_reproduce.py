@@ -8,11 +8,12 @@ import pytest
 import torch
 
 import softhebb.run as run_module
-from softhebb import reproduce, train
+from softhebb import extract_features, hebbian_phase, reproduce
 from softhebb.cli import main
 from softhebb.network import build_model
 from softhebb.reproduce import Cell, Experiment
-from softhebb.run import RunConfig, RunError, load_run, run
+from softhebb.config import RunConfig
+from softhebb.run import RunError, load_run, run
 
 SLICE = dict(dataset="mnist", train_limit=200, test_limit=200, probe_epochs=1, eval_every=1)
 
@@ -58,10 +59,10 @@ def test_bf16_hebbian_phase_stays_close_to_fp32():
     weights = {}
     for precision in ("fp32", "bf16"):
         model = build_model("4SoftHebbCnnCIFAR_quarterNeurons", (3, 32, 32), 10, seed=0)
-        train.hebbian_phase(model, images, batch_size=10, progress=False, precision=precision)
+        hebbian_phase(model, images, batch_size=10, progress=False, precision=precision)
         weights[precision] = [model.blocks[i].layer.weight for i in model.hebbian_block_indices()]
         assert all(w.dtype == torch.float32 for w in weights[precision])
-        feats = train.extract_features(model, images[:20], precision=precision)
+        feats = extract_features(model, images[:20], precision=precision)
         assert feats.dtype == torch.float32 and torch.isfinite(feats).all()
     for a, b in zip(weights["fp32"], weights["bf16"]):
         rel = float((a - b).norm() / a.norm())

@@ -32,7 +32,9 @@ from typing import Any, Callable
 
 import torch
 
-from .run import CHECKPOINT, RunConfig, RunError, atomic_write, run, run_name
+from .config import RunConfig
+from .run import run, run_name
+from .rundir import CHECKPOINT, RunError, atomic_write
 
 
 @dataclass(frozen=True)

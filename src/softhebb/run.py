@@ -10,157 +10,25 @@ import os
 import platform
 import resource
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from . import __version__, distributed
-from .data import DATASETS, Protocol, load_dataset, random_subset, subset_indices
+from . import __version__, _cpu, distributed
+from .baselines import calibrate_batchnorm, train_backprop
+from .config import IN_MEMORY, RunConfig, resolve_device
+from .data import DATASETS, load_dataset, random_subset, subset_indices
+from .features import PrefixCache, StreamedFeatures, extract_features, feature_views
+from .hebbian import NonFiniteError, hebbian_phase
+from .hybrid import train_hybrid
 from .layers import HebbianLayer
+from .network import PresetError, SoftHebbNet, build_model, get_preset
+from .probe import evaluate, train_probe
 from .rundir import (CHECKPOINT, PHASE_STATE, RunError, atomic_write, check_writable, load_checkpoint, load_run,
                      prepare_run_dir, remove_temp_files, save_checkpoint, save_model)
-from .network import PresetError, SoftHebbNet, build_model, feature_shapes, get_preset, resolve_preset
-from .baselines import BP_MODES, RANDOM_BN, calibrate_batchnorm, train_backprop
-from .augment import BATCH_AUGMENTATIONS
-from . import _cpu
-from .batching import PRECISIONS, Augment
-from .features import PrefixCache, StreamedFeatures, extract_features, feature_views
-from .hebbian import MODES, NonFiniteError, hebbian_phase
-from .hybrid import train_hybrid
-from .probe import evaluate, train_probe
 
-RUN_MODES = (*MODES, "hybrid")
-
-
-PROTOCOLS: dict[str, Protocol] = {name: info.protocol for name, info in DATASETS.items()}
-IN_MEMORY = tuple(name for name, p in PROTOCOLS.items() if p.in_memory)
-PROBE_AUGMENTS = ("none", "dataset", *BATCH_AUGMENTATIONS)
 CACHED_TEST_FEATURES_BYTES = 2 << 30
-
-
-@dataclass
-class RunConfig:
-    """Everything that determines a run. Defaults are the paper's CIFAR-10 protocol."""
-
-    preset: str = "4SoftHebbCnnCIFAR"
-    dataset: str = "cifar10"
-    mode: str = "successive"
-    seed: int = 0
-    hebb_epochs: int = 1
-    hebb_batch: int | None = None  # None: the dataset's protocol (PROTOCOLS; 10 on CIFAR and MNIST)
-    probe_epochs: int | None = None  # None: the dataset's protocol (50 on CIFAR and MNIST)
-    probe_batch: int | None = None  # None: the dataset's protocol (64 on CIFAR and MNIST)
-    probe_lr: float = 1e-3
-    eval_every: int = 10
-    train_limit: int | None = None  # use a seeded random subset of the training set (quick runs, tests)
-    test_limit: int | None = None
-    device: str = "auto"
-    precision: str = "fp32"  # bf16: Hebbian phase and features under bf16 autocast (updates still fp32)
-    block_overrides: dict | None = None  # fields set on every Hebbian block, e.g. {"t_invert": 0.5, "rule": "soft"}
-    random_bn: str = "identity"  # with hebb_epochs=0: identity BNs (the paper's Random) or "data" statistics
-    bp_mode: str = "end-to-end"  # backprop presets: "end-to-end" or "layerwise" (the original's successive)
-    workers: int | None = None  # decoding processes for image folders (None: up to 8); never changes results
-    # None: the dataset's protocol; "none"; "dataset" (its own, reference §4.3); "shift", "affine" or "noise" (softhebb.augment)
-    probe_augment: str | None = None
-    probe_dropout: float | None = None  # None: the preset's classifier dropout
-    # > 1 with probe augmentation: features of that many augmented copies of each training image, computed once;
-    # each probe epoch draws one per image (train.feature_views) instead of running the network every epoch
-    probe_views: int = 1
-
-    def __post_init__(self) -> None:
-        def need(cond: bool, field: str, expected: str) -> None:
-            if not cond:
-                raise RunError(f"config field {field!r} = {getattr(self, field)!r}: expected {expected}")
-
-        need(self.dataset in PROTOCOLS, "dataset", f"one of {sorted(PROTOCOLS)}")
-        for f in ("hebb_batch", "probe_epochs", "probe_batch"):
-            if getattr(self, f) is None:
-                setattr(self, f, getattr(self.protocol, f))
-        need(self.workers is None or (isinstance(self.workers, int) and self.workers >= 0), "workers",
-             "None or an integer >= 0")
-        need(self.probe_augment is None or self.probe_augment in PROBE_AUGMENTS, "probe_augment",
-             f"None or one of {PROBE_AUGMENTS}")
-        if self.probe_augmentation == self.protocol.probe_augment:
-            self.probe_augment = None  # the protocol's own: the same run, under the same name
-        need(self.mode in RUN_MODES, "mode", f"one of {RUN_MODES}")
-        for f in ("hebb_epochs", "probe_epochs"):
-            need(isinstance(getattr(self, f), int) and getattr(self, f) >= 0, f, "an integer >= 0")
-        for f in ("hebb_batch", "probe_batch", "eval_every"):
-            need(isinstance(getattr(self, f), int) and getattr(self, f) > 0, f, "an integer > 0")
-        need(isinstance(self.probe_lr, (int, float)) and math.isfinite(self.probe_lr) and self.probe_lr > 0, "probe_lr",
-             "a finite number > 0 (the paper uses 1e-3)")
-        need(isinstance(self.seed, int) and not isinstance(self.seed, bool) and self.seed >= 0, "seed", "an integer >= 0")
-        for f in ("train_limit", "test_limit"):
-            v = getattr(self, f)
-            need(v is None or (isinstance(v, int) and not isinstance(v, bool) and v > 0), f, "None or an integer > 0")
-        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"), "device", "auto, cpu or cuda[:N]")
-        need(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}")
-        need(self.random_bn in RANDOM_BN, "random_bn", f"one of {RANDOM_BN}")
-        need(self.bp_mode in BP_MODES, "bp_mode", f"one of {BP_MODES}")
-        need(self.block_overrides is None or isinstance(self.block_overrides, dict), "block_overrides",
-             "None or a dict of block fields")
-        need(self.probe_dropout is None or (isinstance(self.probe_dropout, (int, float))
-                                            and not isinstance(self.probe_dropout, bool) and 0 <= self.probe_dropout < 1),
-             "probe_dropout", "None or a number in [0, 1)")
-        if self.probe_dropout is not None:
-            self.probe_dropout = float(self.probe_dropout)  # 0 and 0.0: one run, one name
-            if self.probe_dropout == get_preset(self.preset)["classifier"]["dropout"]:
-                self.probe_dropout = None  # the preset's own: the same run, under the same name
-        overrides = self.block_overrides or {}
-        need("type" not in overrides and overrides.get("rule") != "bp", "block_overrides",
-             "fields of the Hebbian blocks other than 'type', with a Hebbian rule (backprop has its own *Cnn* presets)")
-        preset = self.resolved_preset()  # unknown preset or bad override → PresetError
-        backprop = {b["rule"] == "bp" for b in preset["blocks"]}
-        if len(backprop) > 1:
-            raise RunError(f"preset {preset['name']!r} mixes backprop ('rule': 'bp') and Hebbian blocks; "
-                           "a run trains either all blocks by backprop or all by the Hebbian rule")
-        need(isinstance(self.probe_views, int) and not isinstance(self.probe_views, bool) and self.probe_views >= 1,
-             "probe_views", "an integer >= 1")
-        need(self.probe_views == 1 or (self.probe_augmentation and True not in backprop), "probe_views",
-             "1 here: views are augmented copies of the probe's features, so they need probe augmentation "
-             "(--probe-augment) and a Hebbian preset")
-        feature_shapes(preset, DATASETS[self.dataset].shape)  # bad groups or too small an input → PresetError here
-        if self.mode == "hybrid":  # train_hybrid: images in memory, fp32, Hebbian blocks that learn
-            need(self.dataset in IN_MEMORY and not self.probe_augmentation and self.precision == "fp32"
-                 and self.hebb_epochs > 0 and self.probe_epochs > 0 and True not in backprop, "mode",
-                 f"successive or simultaneous for this run: hybrid needs an in-memory dataset ({', '.join(IN_MEMORY)}), "
-                 "no probe augmentation, fp32, a Hebbian preset, hebb_epochs > 0 and probe_epochs > 0 (it runs "
-                 "probe_epochs epochs at probe_batch)")
-
-    @property
-    def protocol(self) -> Protocol:
-        return PROTOCOLS[self.dataset]
-
-    @property
-    def probe_augmentation(self) -> Augment:
-        """What the probe (or BP) trains on: ``train.Augment``, from ``probe_augment`` or the protocol."""
-        if self.probe_augment is None:
-            return self.protocol.probe_augment
-        return {"none": False, "dataset": True}.get(self.probe_augment, self.probe_augment)
-
-    @property
-    def backprop(self) -> bool:
-        return any(b["rule"] == "bp" for b in self.resolved_preset()["blocks"])
-
-    def resolved_preset(self) -> dict:
-        """The preset with ``block_overrides`` (Hebbian blocks) and ``probe_dropout`` applied, validated."""
-        preset = get_preset(self.preset)
-        if self.probe_dropout is not None:
-            preset["classifier"] = {**preset["classifier"], "dropout": self.probe_dropout}
-        if not self.block_overrides:
-            return preset
-        blocks = [{**b, **self.block_overrides} if b["rule"] != "bp" else b for b in preset["blocks"]]
-        return resolve_preset({**preset, "blocks": blocks, "name": preset["name"]})
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RunError(f"device {device!r} requested but CUDA is not available on this machine; use --device cpu")
-    return torch.device(device)
 
 
 def _default_workers() -> int:

@@ -24,7 +24,6 @@ rewritten in the output folder.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import io
@@ -39,9 +38,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from .data import DATA_ENV, DATASETS, load_dataset
+from .config import IN_MEMORY, resolve_device
+from .data import DATASETS, load_dataset, subset_indices
 from .network import build_model, get_preset
-from .run import IN_MEMORY, RunError, subset, atomic_write, resolve_device
+from .rundir import RunError, atomic_write
 from .features import extract_features
 from .hebbian import MODES, NonFiniteError, hebbian_phase
 from .probe import train_probe
@@ -213,7 +213,10 @@ def search(cfg: SearchConfig, out: str | os.PathLike, study_name: str | None = N
 
     device = resolve_device(cfg.device)
     train = load_dataset(cfg.dataset, "train", data_dir)  # the test split is never loaded
-    images, labels = subset(train.images, train.labels, cfg.train_limit, cfg.seed)
+    images, labels = train.images, train.labels
+    if cfg.train_limit is not None and cfg.train_limit < len(labels):  # the rows `train --train-limit` would take
+        rows = subset_indices(len(labels), cfg.train_limit, cfg.seed)
+        images, labels = images[rows], labels[rows]
     tr, va = validation_split(labels.numel(), cfg.val_fraction, cfg.seed)
     x_tr, y_tr, x_va, y_va = (t.to(device) for t in (images[tr], labels[tr], images[va], labels[va]))
     info = DATASETS[cfg.dataset]
@@ -319,57 +322,3 @@ def write_tables(study: "optuna.Study", out: Path, cfg: SearchConfig) -> None:
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows]
     atomic_write(out / "trials.md", "\n".join(lines) + "\n")
-
-
-# -- command line -------------------------------------------------------------------------------
-
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    from .cli import HelpFormatter, positive_int  # here, not at the top: the CLI imports this module
-
-    s = sub.add_parser("search", help="Optuna search of per-layer Hebbian hyper-parameters on a 20 %% validation split",
-                       formatter_class=HelpFormatter,
-                       description="Search t_invert, lr, power_lr and the triangle power of every Hebbian layer with "
-                       "Optuna (TPE, median pruning on the per-epoch validation accuracy of the probe). The test set is "
-                       "never used. Re-run the same command to continue the study.")
-    d = SearchConfig()
-    s.add_argument("--dataset", default=d.dataset, choices=sorted(IN_MEMORY), help="dataset to search on")
-    s.add_argument("--preset", default=d.preset, help="network preset whose values centre the search")
-    s.add_argument("--trials", type=positive_int, default=d.trials, help="finished (completed or pruned) trials to reach in total")
-    s.add_argument("--params", default=",".join(PARAMS), help=f"comma-separated subset of {','.join(PARAMS)}")
-    s.add_argument("--study-name", default=None, help="study name; None: <dataset>-<preset>")
-    s.add_argument("--storage", default=None, help="database URL, e.g. sqlite:///search.db or postgresql://user@host/db "
-                   "to share a study between machines; None: study.db in --out")
-    s.add_argument("--out", default=None, help="folder for study.db, trials.csv, trials.md, best_preset.json; None: runs/search-<study>")
-    s.add_argument("--val-fraction", type=float, default=d.val_fraction, help="fraction of the training set that validates")
-    s.add_argument("--train-limit", type=int, default=None, help="search on a seeded subset of N training images (before the split)")
-    s.add_argument("--seed", type=int, default=d.seed, help="model init, data order, split and sampler seed")
-    s.add_argument("--mode", default=d.mode, choices=list(MODES), help="Hebbian training mode of every trial")
-    s.add_argument("--hebb-epochs", type=int, default=d.hebb_epochs, help="Hebbian epochs per layer in every trial")
-    s.add_argument("--hebb-batch", type=int, default=d.hebb_batch, help="Hebbian batch size")
-    s.add_argument("--probe-epochs", type=int, default=d.probe_epochs, help="probe epochs per trial (pruning may stop earlier)")
-    s.add_argument("--probe-batch", type=int, default=d.probe_batch, help="linear-probe batch size")
-    s.add_argument("--probe-lr", type=float, default=d.probe_lr, help="linear-probe Adam learning rate")
-    s.add_argument("--pruner", default=d.pruner, choices=list(PRUNERS), help="how unpromising trials are stopped early")
-    s.add_argument("--timeout", type=float, default=None, help="stop starting new trials after this many seconds")
-    s.add_argument("--data-dir", default=None, help=f"data root; None: ${DATA_ENV}, else ~/.cache/softhebb/data")
-    s.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    s.add_argument("--threads", type=positive_int, default=None, help="CPU threads; None: PyTorch's choice")
-
-
-def main(args: argparse.Namespace) -> int:
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cfg = SearchConfig(dataset=args.dataset, preset=args.preset, params=tuple(p for p in args.params.split(",") if p),
-                       val_fraction=args.val_fraction, train_limit=args.train_limit, seed=args.seed, mode=args.mode,
-                       hebb_epochs=args.hebb_epochs, hebb_batch=args.hebb_batch, probe_epochs=args.probe_epochs,
-                       probe_batch=args.probe_batch, probe_lr=args.probe_lr, pruner=args.pruner, trials=args.trials,
-                       timeout=args.timeout, device=args.device)
-    name = args.study_name or f"{cfg.dataset}-{get_preset(cfg.preset)['name']}"
-    out = Path(args.out or f"runs/search-{name}")
-    study = search(cfg, out, name, args.storage, args.data_dir)
-    complete = [t for t in study.trials if t.value is not None and t.state.name == "COMPLETE"]
-    if complete:
-        best = max(complete, key=lambda t: t.value)
-        print(f"best validation accuracy {best.value:.2f} % (trial {best.number}); tables in {out}/trials.md, "
-              f"preset in {out}/best_preset.json")
-    return 0

@@ -3,7 +3,6 @@ behind them (CSV/JSON/NPZ). These back the ``softhebb analyze`` command."""
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import math
@@ -14,9 +13,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..data import DATA_ENV, DATASETS, load_dataset
+from ..config import IN_MEMORY
+from ..data import load_dataset, subset_indices
 from ..network import build_model
-from ..run import IN_MEMORY, RunError, subset, load_run
+from ..rundir import RunError, load_run
 from . import plots
 from .dynamics import compare_schedules, record_dynamics
 from .geometry import receptive_fields
@@ -78,7 +78,10 @@ def load_data(config: dict, split: str, data_dir: str | os.PathLike | None, data
     if tuple(ds.images.shape[1:]) != tuple(config["in_shape"]):
         raise RunError(f"the run was trained on inputs of shape {tuple(config['in_shape'])}, "
                        f"but {name} images have shape {tuple(ds.images.shape[1:])}")
-    x, y = subset(ds.images, ds.labels, limit, seed)
+    x, y = ds.images, ds.labels
+    if limit is not None and limit < len(y):  # the same seeded rows as a run's --train-limit / --test-limit
+        rows = subset_indices(len(y), limit, seed)
+        x, y = x[rows], y[rows]
     return x, y, ds.classes
 
 
@@ -238,86 +241,47 @@ def analyze_robustness(run_dirs: Sequence[str | os.PathLike], out: str | os.Path
     return {"rows": rows, "files": [str(p) for p in files]}
 
 
-# -- command line -----------------------------------------------------------------------------
-def _floats(s: str) -> list[float]:
-    return [float(v) for v in s.split(",") if v.strip()]
+# -- every analysis at once ----------------------------------------------------------------------
+def analyze(what: str, run_dirs: Sequence[str | os.PathLike], out: str | os.PathLike | None = None,
+            labels: Sequence[str] | None = None, data_dir: str | os.PathLike | None = None, dataset: str | None = None,
+            limit: int | None = None, seed: int = 0, device: str = "cpu", neurons: int = 36, am_steps: int = 200,
+            budget: float = 0.25, every: int | None = None, schedules: bool = True, schedule_blocks: int = 1,
+            depths: list[int] | None = None, top_neurons: int = 5, top_k: int = 10, tsne: bool = True,
+            sigmas: list[float] | None = None, eps_linf: list[float] | None = None, eps_l2: list[float] | None = None,
+            pgd_steps: int = 10, attack_loss: str = "margin") -> list[str]:
+    """``what`` (one of ``WHAT``, or "all") for ``run_dirs``; returns the files written (what ``softhebb analyze`` does).
 
-
-def _ints(s: str) -> list[int]:
-    return [int(v) for v in s.split(",") if v.strip()]
-
-
-def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``softhebb analyze`` on the main parser's subcommands."""
-    from ..cli import HelpFormatter, positive_int  # here, not at the top: the CLI imports this module
-
-    a = sub.add_parser("analyze", help="figures + numbers: filters, receptive fields, dynamics, representations, robustness",
-                       formatter_class=HelpFormatter,
-                       description="Write PNG figures and the numbers behind them (CSV/JSON) for one or more run "
-                       "directories. filters and robustness compare all runs in one figure; the other analyses write "
-                       "one sub-folder per run when several runs are given.")
-    a.add_argument("what", choices=[*WHAT, "all"], help="which analysis")
-    a.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by `softhebb train`")
-    a.add_argument("--out", default=None, help="output folder (default: RUN_DIR/analysis for one run, else ./analysis)")
-    a.add_argument("--labels", default=None, help="comma-separated names for the runs (default: folder names)")
-    a.add_argument("--data-dir", default=None, help=f"data root (default: ${DATA_ENV}, else ~/.cache/softhebb/data)")
-    a.add_argument("--dataset", default=None, choices=sorted(DATASETS), help="dataset to analyse on (default: each run's own)")
-    a.add_argument("--limit", type=positive_int, default=None,
-                   help="images to use (seeded subset; default: dynamics 5000 train, representations 2000 and robustness 1000 test)")
-    a.add_argument("--seed", type=int, default=0, help="image subset, neuron choice, noise and attack starts")
-    a.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    a.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: PyTorch's choice)")
-    a.add_argument("--neurons", type=positive_int, default=36, help="receptive-fields: neurons per block")
-    a.add_argument("--am-steps", type=int, default=200, help="receptive-fields: activation-maximisation steps")
-    a.add_argument("--budget", type=float, default=0.25, help="receptive-fields: L2 budget as an RMS pixel change from grey")
-    a.add_argument("--every", type=int, default=None, help="dynamics: record every N batches (default: ~200 records per block)")
-    a.add_argument("--no-schedules", action="store_true", help="dynamics: skip the radius vs linear-decay comparison")
-    a.add_argument("--schedule-blocks", type=int, default=1, help="dynamics: blocks trained in the schedule comparison")
-    a.add_argument("--depths", type=_ints, default=None, help="representations: comma-separated block indices (default: all)")
-    a.add_argument("--top-neurons", type=positive_int, default=5, help="representations: neurons shown with top patches")
-    a.add_argument("--top-k", type=positive_int, default=10, help="representations: patches per neuron")
-    a.add_argument("--no-tsne", action="store_true", help="representations: PCA only")
-    a.add_argument("--sigmas", type=_floats, default=None, help=f"robustness: Gaussian σ list (default {SIGMAS})")
-    a.add_argument("--eps-linf", type=_floats, default=None, help="robustness: L∞ ε list (default by dataset)")
-    a.add_argument("--eps-l2", type=_floats, default=None, help="robustness: L2 ε list (default by dataset)")
-    a.add_argument("--pgd-steps", type=int, default=10, help="robustness: PGD iterations")
-    a.add_argument("--attack-loss", default="margin", choices=["margin", "ce"],
-                   help="robustness: loss the attacks ascend (cross-entropy saturates on SoftHebb's large logits)")
-    return a
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run ``softhebb analyze``; library errors propagate to the main CLI's handler."""
+    ``out``: default RUN_DIR/analysis for one run, else ./analysis; with several runs, the per-run analyses
+    write one sub-folder per run (named by ``labels``, default the folder names). ``limit`` None: each
+    analysis's own default number of images."""
+    if what != "all" and what not in WHAT:
+        raise RunError(f"unknown analysis {what!r}; choose one of {', '.join(WHAT)} or all")
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise RunError("softhebb analyze draws figures with matplotlib: pip install 'softhebb[analysis]'") from None
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    runs = args.run_dirs
-    labels = args.labels.split(",") if args.labels else [run_label(d) for d in runs]
+    runs = list(run_dirs)
+    labels = list(labels) if labels else [run_label(d) for d in runs]
     if len(labels) != len(runs):
         raise RunError(f"--labels names {len(labels)} runs but {len(runs)} run directories were given")
-    out = Path(args.out or (Path(runs[0]) / "analysis" if len(runs) == 1 else "analysis"))
+    out = Path(out or (Path(runs[0]) / "analysis" if len(runs) == 1 else "analysis"))
     per_run = {d: (out / label if len(runs) > 1 else out) for d, label in zip(runs, labels)}
-    todo = WHAT if args.what == "all" else (args.what,)
-    limit = {} if args.limit is None else {"limit": args.limit}
-    data = dict(data_dir=args.data_dir, dataset=args.dataset, seed=args.seed, device=args.device, **limit)
+    todo = WHAT if what == "all" else (what,)
+    data = dict(data_dir=data_dir, dataset=dataset, seed=seed, device=device,
+                **({} if limit is None else {"limit": limit}))  # None: each analysis's own default
     files: list[str] = []
     if "filters" in todo:
         files += analyze_filters(runs, out, labels)["files"]
     for d in runs:
         if "receptive-fields" in todo:
-            files += analyze_receptive_fields(d, per_run[d], args.neurons, args.am_steps, args.budget, args.seed, args.device)["files"]
+            files += analyze_receptive_fields(d, per_run[d], neurons, am_steps, budget, seed, device)["files"]
         if "dynamics" in todo:
-            files += analyze_dynamics(d, per_run[d], every=args.every, schedules=not args.no_schedules,
-                                      schedule_blocks=args.schedule_blocks, progress=True, **data)["files"]
+            files += analyze_dynamics(d, per_run[d], every=every, schedules=schedules, schedule_blocks=schedule_blocks,
+                                      progress=True, **data)["files"]
         if "representations" in todo:
-            files += analyze_representations(d, per_run[d], depths=args.depths, neurons=args.top_neurons, top_k=args.top_k,
-                                             tsne=not args.no_tsne, **data)["files"]
+            files += analyze_representations(d, per_run[d], depths=depths, neurons=top_neurons, top_k=top_k, tsne=tsne,
+                                             **data)["files"]
     if "robustness" in todo:
-        files += analyze_robustness(runs, out, sigmas=args.sigmas, eps_linf=args.eps_linf, eps_l2=args.eps_l2,
-                                    pgd_steps=args.pgd_steps, labels=labels, loss=args.attack_loss, **data)["files"]
-    for f in files:
-        print(f)
-    return 0
+        files += analyze_robustness(runs, out, sigmas=sigmas, eps_linf=eps_linf, eps_l2=eps_l2, pgd_steps=pgd_steps,
+                                    labels=labels, loss=attack_loss, **data)["files"]
+    return files

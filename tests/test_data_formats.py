@@ -1,4 +1,5 @@
-"""Tests for CIFAR-100, STL-10, ImageNette, ImageNet and image-folder loading, and softhebb.augment.
+"""Tests for CIFAR-100, STL-10, ImageNette, ImageNet and image-folder loading (softhebb.data's
+cifar, stl and folders modules), including their archive extraction and download hints.
 
 Every file is generated here, tiny, in the official format; nothing touches the network.
 """
@@ -14,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402
@@ -22,6 +22,7 @@ from PIL import Image  # noqa: E402
 from softhebb import augment, data  # noqa: E402
 from softhebb.data import (UNLABELED, ChainedDataset, DatasetError, FolderDataset, ImageDataset,  # noqa: E402
                            load_dataset)
+from softhebb.data import cifar, folders, stl  # noqa: E402
 
 N = 4  # items per tiny split
 
@@ -57,7 +58,7 @@ def write_cifar100(folder: Path, n: int = N) -> dict[str, dict]:
                          b"coarse_labels": [int(v) for v in rng.integers(0, 20, n)],
                          b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8)}
         (folder / name).write_bytes(pickle.dumps(batches[name], protocol=4))
-    meta = {b"fine_label_names": [c.encode() for c in data._CIFAR100_CLASSES],
+    meta = {b"fine_label_names": [c.encode() for c in cifar.CIFAR100_CLASSES],
             b"coarse_label_names": [f"super{i}".encode() for i in range(20)]}
     (folder / "meta").write_bytes(pickle.dumps(meta, protocol=4))
     return batches
@@ -86,7 +87,7 @@ def test_cifar100_verify_checks_official_md5(tmp_path):
     write_cifar100(tmp_path / "cifar100" / "cifar-100-python")
     with pytest.raises(DatasetError, match="md5") as err:
         load_dataset("cifar100", "test", root=tmp_path, verify=True)
-    assert "cifar-100-python/test" in str(err.value) and data._CIFAR100_MD5["test"] in str(err.value)
+    assert "cifar-100-python/test" in str(err.value) and cifar.CIFAR100_MD5["test"] in str(err.value)
 
 
 def test_cifar100_wrong_data_shape(tmp_path):
@@ -135,7 +136,7 @@ def stl_images(n: int, offset: int = 0) -> np.ndarray:
 
 def write_stl(folder: Path, split: str, images: np.ndarray, labels: np.ndarray | None = None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    x_name, y_name, _ = data._STL_FILES[split]
+    x_name, y_name, _ = stl.STL_FILES[split]
     (folder / x_name).write_bytes(images.transpose(0, 1, 3, 2).tobytes())  # column-major, like the official files
     if y_name:
         (folder / y_name).write_bytes(labels.astype(np.uint8).tobytes())
@@ -203,7 +204,7 @@ def test_stl_train_plus_unlabeled_is_chained(tmp_path):
 ])
 def test_stl_truncated_images(tmp_path, split, cut, match):
     folder = stl_root(tmp_path)
-    path = folder / data._STL_FILES[split][0]
+    path = folder / stl.STL_FILES[split][0]
     path.write_bytes(path.read_bytes()[:-cut])
     with pytest.raises(DatasetError, match=match) as err:
         load_dataset("stl10", split, root=tmp_path, verify=False)
@@ -223,7 +224,7 @@ def test_stl_verify_checks_counts_md5_and_class_names(tmp_path, monkeypatch):
     folder = stl_root(tmp_path)
     with pytest.raises(DatasetError, match="holds 4 images, expected 5000"):
         load_dataset("stl10", "train", root=tmp_path, verify=True)
-    monkeypatch.setitem(data._STL_FILES, "test", ("test_X.bin", "test_y.bin", 3))
+    monkeypatch.setitem(stl.STL_FILES, "test", ("test_X.bin", "test_y.bin", 3))
     with pytest.raises(DatasetError, match="test_X.bin: md5 is .*, expected 7f263ba9f9e0b06b93213547f721ac82"):
         load_dataset("stl10", "test", root=tmp_path, verify=True)
     (folder / "class_names.txt").write_text("cat\ndog\n")
@@ -326,7 +327,7 @@ def test_folder_grey_png_becomes_rgb_and_augment_is_seeded(tmp_path):
 def imagenette_tree(root: Path, train: int = 2, val: int = 1) -> Path:
     base = root / "imagenette" / "imagenette2-160"
     for split, n in (("train", train), ("val", val)):
-        write_tree(base / split, {wnid: n for wnid in data._IMAGENETTE_WNIDS}, sizes=((16, 12),))
+        write_tree(base / split, {wnid: n for wnid in folders.IMAGENETTE_WNIDS}, sizes=((16, 12),))
     return base
 
 
@@ -335,7 +336,7 @@ def test_load_imagenette(tmp_path):
     train = load_dataset("imagenette", "train", root=tmp_path, verify=False)
     test = load_dataset("imagenette", "test", root=tmp_path, verify=False)
     assert isinstance(train, FolderDataset) and len(train) == 20 and len(test) == 10
-    assert train.shape == (3, 160, 160) and test.classes == data._IMAGENETTE_WNIDS
+    assert train.shape == (3, 160, 160) and test.classes == folders.IMAGENETTE_WNIDS
     assert test.labels.tolist() == list(range(10)) and test.get_images([9]).shape == (1, 3, 160, 160)
     with pytest.raises(DatasetError, match="holds 20 images in 10 classes, expected 9469"):
         load_dataset("imagenette", "train", root=tmp_path, verify=True)
@@ -377,85 +378,3 @@ def test_imagenet_val_uses_train_class_indices(tmp_path):
     (tmp_path / "imagenet" / "val" / "stray.JPEG").write_bytes(b"")  # flat val/ folder, not sorted by wnid
     with pytest.raises(DatasetError, match="inside a class folder.*valprep.sh"):
         load_dataset("imagenet", "test", root=tmp_path, verify=False)
-
-
-# ----------------------------------------------------------------------------- augmentations
-
-def batch(n: int = 6, c: int = 3, h: int = 10, w: int = 12) -> torch.Tensor:
-    return torch.randint(0, 256, (n, c, h, w), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
-
-
-def test_crop_flip_shapes_dtype_and_seed():
-    x = batch()
-    for images in (x, x.float() / 255):
-        out = augment.crop_flip(images, 4, torch.Generator().manual_seed(0))
-        assert out.shape == images.shape and out.dtype == images.dtype
-    a = augment.crop_flip(x, 4, torch.Generator().manual_seed(3))
-    assert torch.equal(a, augment.crop_flip(x, 4, torch.Generator().manual_seed(3)))
-    assert not torch.equal(a, augment.crop_flip(x, 4, torch.Generator().manual_seed(4)))
-
-
-def test_crop_flip_is_a_window_of_the_reflect_padded_image():
-    x = batch(n=32)
-    out = augment.crop_flip(x, 4, torch.Generator().manual_seed(0))
-    padded = F.pad(x.float(), (4, 4, 4, 4), mode="reflect")
-    flipped = 0
-    for i in range(len(x)):
-        windows = [padded[i, :, dy:dy + 10, dx:dx + 12] for dy in range(9) for dx in range(9)]
-        plain = any(torch.equal(out[i].float(), win) for win in windows)
-        mirrored = any(torch.equal(out[i].float(), win.flip(-1)) for win in windows)
-        assert plain or mirrored
-        flipped += mirrored and not plain
-    assert 0 < flipped < len(x)  # both outcomes of the coin occur
-
-
-def test_crop_flip_without_padding_is_identity_or_mirror():
-    x = batch()
-    assert torch.equal(augment.crop_flip(x, 0, flip_p=0.0), x)
-    assert torch.equal(augment.crop_flip(x, 0, flip_p=1.0), x.flip(-1))
-    with pytest.raises(ValueError, match="reflect padding"):
-        augment.crop_flip(x, 10)
-
-
-def test_image_dataset_get_images_augment():
-    x = batch()
-    ds = ImageDataset("t", "train", x, torch.zeros(len(x), dtype=torch.int64), ("a",))
-    assert torch.equal(ds.get_images([1, 0]), x[[1, 0]]) and ds.shape == (3, 10, 12) and ds.mean_std is None
-    aug = ds.get_images(torch.arange(6), augment=True, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(aug, augment.crop_flip(x, 4, torch.Generator().manual_seed(0)))
-    with pytest.raises(IndexError):
-        ds.get_images([6])
-
-
-def test_normalize_values():
-    x = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2).expand(1, 3, 1, 2)
-    assert torch.equal(augment.normalize(x), x.float() / 255)
-    out = augment.normalize(x, augment.IMAGENET_MEAN_STD)
-    mean, std = (torch.tensor(v) for v in augment.IMAGENET_MEAN_STD)
-    assert torch.allclose(out[0, :, 0, 0], -mean / std) and torch.allclose(out[0, :, 0, 1], (1 - mean) / std)
-    assert torch.allclose(augment.normalize(x.float() / 255, augment.IMAGENET_MEAN_STD), out)
-
-
-def test_random_resized_crop_box_bounds_and_fallback():
-    g = torch.Generator().manual_seed(0)
-    for _ in range(200):
-        left, top, right, bottom = augment.random_resized_crop_box(50, 30, g)
-        assert 0 <= left < right <= 50 and 0 <= top < bottom <= 30
-        w, h = right - left, bottom - top
-        assert 0.08 * 1500 * 0.8 <= w * h <= 1500 and 3 / 4 * 0.8 <= w / h <= 4 / 3 * 1.25
-    # A 100x1 strip never fits a ratio in [3/4, 4/3]: centred crop of the widest allowed ratio.
-    assert augment.random_resized_crop_box(100, 1, g) == (49, 0, 50, 1)
-
-
-def test_resize_squash_centre_crop_and_flip():
-    img = Image.new("RGB", (40, 20), (255, 0, 0))
-    img.paste((0, 0, 255), (20, 0, 40, 20))  # left half red, right half blue
-    squash = augment.resize(img, 8)
-    assert squash.shape == (3, 8, 8) and squash[0, :, 0].min() > 200 and squash[2, :, -1].min() > 200
-    centre = augment.resize(img, 8, center_crop=True)  # 20x20 square from x = 10..30
-    assert centre[0, :, 0].min() > 200 and centre[2, :, -1].min() > 200
-    mirrored = augment.resized_crop(img, 8, flip=True)
-    assert torch.equal(mirrored, squash.flip(-1))
-    a = augment.random_resized_crop(img, 8, torch.Generator().manual_seed(2))
-    b = augment.random_resized_crop(img, 8, torch.Generator().manual_seed(2))
-    assert a.shape == (3, 8, 8) and torch.equal(a, b)
