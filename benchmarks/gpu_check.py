@@ -86,10 +86,10 @@ def equality(device: torch.device, preset: str, n: int) -> dict:
         fa = features.extract_features(model, images[:50])
         fb = features.extract_features(twin.to(device), images[:50].to(device)).cpu()
     one = _rel(one_cpu, one_dev)
-    features = float((fa - fb).abs().max() / fa.abs().max().clamp(min=1e-12))
-    return {"one_update_max_rel_diff": one, "features_max_rel_diff": features,
+    feature_diff = float((fa - fb).abs().max() / fa.abs().max().clamp(min=1e-12))
+    return {"one_update_max_rel_diff": one, "features_max_rel_diff": feature_diff,
             f"{n // 10}_batches_max_rel_diff": _rel(traj_cpu, traj_dev), f"{n // 10}_batches_cpu_1ulp_floor": floor,
-            "ok": all(v <= 1e-4 for v in one.values()) and features <= 1e-4}
+            "ok": all(v <= 1e-4 for v in one.values()) and feature_diff <= 1e-4}
 
 
 def speed(device: torch.device, preset: str, n: int, batches: list[int], n_feat: int, probe_rows: int) -> dict:

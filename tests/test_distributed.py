@@ -151,6 +151,7 @@ def test_torchrun_cli_matches_a_single_process_and_only_rank0_writes(data_root, 
 
 def _resume_worker(rank, world, init_file, out):
     """run() on 2 ranks: uninterrupted, then crashed right after probe epoch 2's checkpoint and resumed."""
+    import softhebb.config as config_module
     import softhebb.run as run_module
     from softhebb.data import ImageDataset
     from softhebb.network import resolve_preset
@@ -166,7 +167,7 @@ def _resume_worker(rank, world, init_file, out):
 
     spec = {**PRESET, "classifier": {"dropout": 0.5}}  # the ranks' dropout streams must continue too
     run_module.load_dataset = load
-    run_module.get_preset = lambda name: resolve_preset(spec)
+    run_module.get_preset = config_module.get_preset = lambda name: resolve_preset(spec)
     cfg = run_module.RunConfig(preset="tiny-dp", dataset="mnist", hebb_batch=8, probe_epochs=4, probe_batch=16, device="cpu")
     probe = run_module.train_probe
 

@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import softhebb.config as config_module
 import softhebb.run as run_module
 from softhebb.cli import main
 from softhebb.data import ImageDataset
@@ -44,7 +45,8 @@ def fake(monkeypatch):
                             tuple(str(d) for d in range(10)))
 
     monkeypatch.setattr(run_module, "load_dataset", load)
-    monkeypatch.setattr(run_module, "get_preset", lambda name: resolve_preset(state["preset"]))
+    for module in (run_module, config_module):  # the config validates the preset, the run builds it
+        monkeypatch.setattr(module, "get_preset", lambda name: resolve_preset(state["preset"]))
     return state
 
 
