@@ -3,8 +3,8 @@
 Do not train with this module: it exists so that ``benchmarks/bench.py`` can time softhebb
 against the authors' computation and ``tests/test_baseline_equivalence.py`` can check that
 both give the same updates. It re-expresses, for Hebbian conv layers with groups = 1 and
-the "softkrotov" mode 0 rule (= softhebb), what the original ``hebbconv.py`` / ``model.py``
-do (reference §1.4, §1.8, §8.2, §9), including their slow parts:
+the "softkrotov" mode 0 rule (= softhebb) or the hard-WTA rule (``HebbHardConv2d``: ỹ = one-hot of
+the argmax channel), what the original ``hebbconv.py`` / ``model.py`` do (reference §1.4, §1.8, §8.2, §9), including their slow parts:
 
 * explicit reflect padding, u = conv2d, softmax over channels with t_invert, winner sign flip;
 * Σỹx with the "conv trick": x as (C_in, B, H, W) images, ỹ as (K, B, Ho, Wo) filters,
@@ -32,11 +32,13 @@ def conv_trick_yx(x: torch.Tensor, y: torch.Tensor, kernel_size: tuple[int, int]
 
 
 class OriginalHebbConv2d(nn.Module):
-    """A softkrotov (mode 0) Hebbian conv with the original's data flow; starts from ``weight``."""
+    """A softkrotov (mode 0) or hard-WTA (HebbHardConv2d) Hebbian conv with the original's data flow; starts from
+    ``weight``."""
 
     def __init__(self, weight: torch.Tensor, stride, padding, dilation, padding_mode: str, t_invert: float,
-                 lr: float, power_lr: float, pre_triangle: bool = False) -> None:
+                 lr: float, power_lr: float, pre_triangle: bool = False, rule: str = "softhebb") -> None:
         super().__init__()
+        self.rule = rule
         self.stride, self.dilation, self.kernel_size = tuple(stride), tuple(dilation), tuple(weight.shape[2:])
         self.pad = (padding[1], padding[1], padding[0], padding[0])
         self.padding_mode = "constant" if padding_mode == "zeros" else padding_mode
@@ -67,6 +69,10 @@ class OriginalHebbConv2d(nn.Module):
     def post_synaptic(self, u: torch.Tensor) -> torch.Tensor:
         b, k, h, w = u.shape
         flat = u.transpose(0, 1).reshape(k, -1)
+        if self.rule == "hard":  # one-hot of the argmax channel at every position
+            y = torch.zeros_like(flat)
+            y[torch.argmax(flat, dim=0), torch.arange(flat.shape[1], device=u.device)] = 1.0
+            return y.view(k, b, h, w).transpose(0, 1)
         y = torch.softmax(self.t_invert * flat, dim=0)
         self.stat[2] += y.sum(1).cpu()
         y = -y
@@ -110,13 +116,13 @@ class OriginalBlock(nn.Module):
     def __init__(self, block) -> None:
         super().__init__()
         cfg, layer = block.cfg, block.layer
-        if cfg["type"] != "conv" or cfg["rule"] != "softhebb" or cfg["groups"] != 1:
-            raise ValueError("the baseline only covers softhebb conv blocks with groups = 1")
+        if cfg["type"] != "conv" or cfg["rule"] not in ("softhebb", "hard") or cfg["groups"] != 1:
+            raise ValueError("the baseline only covers softhebb and hard conv blocks with groups = 1")
         self.bn = nn.BatchNorm2d(layer.in_channels, affine=False) if cfg["bn"] else nn.Identity()
         if cfg["bn"]:
             self.bn.load_state_dict(block.pre[0].state_dict())
         self.layer = OriginalHebbConv2d(layer.weight, layer.stride, layer.padding, layer.dilation, layer.padding_mode,
-                                        layer.t_invert, layer.lr, layer.power_lr, layer.pre_triangle)
+                                        layer.t_invert, layer.lr, layer.power_lr, layer.pre_triangle, cfg["rule"])
         act = cfg["activation"] or "triangle_1"
         if not act.startswith("triangle"):
             raise ValueError("the baseline only covers triangle activations")

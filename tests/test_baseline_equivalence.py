@@ -47,9 +47,10 @@ def test_conv_trick_equals_weight_gradient(kernel, stride, dilation, size):
     torch.testing.assert_close(trick, fast, rtol=1e-12, atol=1e-12)
 
 
-def _train_both(mode: str, dtype: torch.dtype, monkeypatch, n: int = 40, batch: int = 10, seed: int = 3):
-    images = torch.randint(0, 256, (n, *SHAPE), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    model = build_model(TINY, SHAPE, 10, seed=0).to(dtype)
+def _train_both(mode: str, dtype: torch.dtype, monkeypatch, n: int = 40, batch: int = 10, seed: int = 3,
+                preset: dict | str = TINY, shape: tuple[int, int, int] = SHAPE):
+    images = torch.randint(0, 256, (n, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    model = build_model(preset, shape, 10, seed=0).to(dtype)
     net = OriginalNet(model)
     for a, b in zip(model.blocks, net.blocks):
         assert torch.equal(a.layer.weight, b.layer.weight)
@@ -59,7 +60,8 @@ def _train_both(mode: str, dtype: torch.dtype, monkeypatch, n: int = 40, batch: 
     # hebbian_phase's data order: one seeded permutation, identical for every block.
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     data = images.to(dtype) / 255.0
-    stages = [[0], [1]] if mode == "successive" else [[0, 1]]
+    blocks = list(range(len(model.blocks)))
+    stages = [[i] for i in blocks] if mode == "successive" else [blocks]
     for stage in stages:
         hebbian_epoch(net, data, stage, batch, order)
     return model, net
@@ -89,3 +91,16 @@ def test_weights_actually_change_and_differ_between_modes(monkeypatch):
     start = build_model(TINY, SHAPE, 10, seed=0).double()
     assert max_rel_diff(succ.blocks[0].layer.weight, start.blocks[0].layer.weight) > 1e-3
     assert max_rel_diff(succ.blocks[1].layer.weight, simu.blocks[1].layer.weight) > 1e-6
+
+
+def test_hard_wta_preset_matches_the_released_hard_computation(monkeypatch):
+    """4HardCnnCIFAR (the paper's Hard-WTA baseline, Fig. 3) trained by softhebb and by the released HebbHardConv2d
+    computation, block after block on 200 images: the same weights, BatchNorm statistics and features. So the gap to
+    the paper's 60.29 % (we reach 42.5 %) does not come from the rule or the preset as released."""
+    model, net = _train_both("successive", torch.float32, monkeypatch, n=200, preset="4HardCnnCIFAR", shape=(3, 32, 32))
+    for i, (a, b) in enumerate(zip(model.blocks, net.blocks)):
+        assert a.layer.rule == "hard" and a.layer.num_updates.item() == 20
+        assert max_rel_diff(b.layer.weight, a.layer.weight) <= 1e-5, f"block {i}"
+        assert max_rel_diff(b.bn.running_var, a.pre[0].running_var) <= 1e-4, f"block {i} BN"
+    x = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    assert max_rel_diff(net.eval()(x), model.eval()(x)) <= 1e-4

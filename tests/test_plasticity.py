@@ -21,7 +21,10 @@ def float64():
     torch.set_default_dtype(old)
 
 
-def ref_post_synaptic(u, rule, t, groups):
+DELTA, RANK = 1.5, 2  # hardkrotov's anti-Hebbian strength and rank in these tests (2: the test groups have 2 neurons)
+
+
+def ref_post_synaptic(u, rule, t, groups, delta=DELTA, rank=RANK):
     """ỹ position by position, group by group, with explicit loops."""
     y = torch.zeros_like(u)
     n, k = u.shape[:2]
@@ -30,11 +33,14 @@ def ref_post_synaptic(u, rule, t, groups):
         for g in range(groups):
             vals = [u[(idx[0], g * kg + j, *idx[1:])].item() for j in range(kg)]
             win = max(range(kg), key=lambda j: vals[j])
+            ranked = sorted(range(kg), key=lambda j: -vals[j])[rank - 1]  # 1st = the winner
             exps = [math.exp(t * v - t * max(vals)) for v in vals]
             for j in range(kg):
                 soft = exps[j] / sum(exps)
                 if rule == "hard":
                     val = 1.0 if j == win else 0.0
+                elif rule == "hardkrotov":
+                    val = 1.0 if j == win else -delta if j == ranked else 0.0
                 elif rule == "soft":
                     val = soft
                 else:
@@ -43,8 +49,13 @@ def ref_post_synaptic(u, rule, t, groups):
     return y
 
 
-def ref_conv_delta(x, w, stride, padding, dilation, groups, padding_mode, rule, t):
-    """Δw (before normalisation) with a loop over every output position and patch."""
+def phi(w, p):
+    """sign(w)·|w|^(p−1), element by element."""
+    return w.clone().apply_(lambda v: math.copysign(abs(v) ** (p - 1), v))
+
+
+def ref_conv_delta(x, w, stride, padding, dilation, groups, padding_mode, rule, t, p=2.0):
+    """Δw (before normalisation) with a loop over every output position and patch; φ(w) in the forward."""
     ph, pw = padding
     mode = "constant" if padding_mode == "zeros" else padding_mode
     xp = F.pad(x, (pw, pw, ph, ph), mode=mode) if (ph or pw) else x
@@ -62,7 +73,7 @@ def ref_conv_delta(x, w, stride, padding, dilation, groups, padding_mode, rule, 
                        i * stride[0]: i * stride[0] + dilation[0] * (kh - 1) + 1: dilation[0],
                        j * stride[1]: j * stride[1] + dilation[1] * (kw - 1) + 1: dilation[1]]
             patches[b, k, i, j] = patch
-            u[b, k, i, j] = (patch * w[k]).sum()
+            u[b, k, i, j] = (patch * phi(w[k], p)).sum()
     y = ref_post_synaptic(u, rule, t, groups)
     dw = torch.zeros_like(w)
     for (b, k, i, j), patch in patches.items():
@@ -85,7 +96,7 @@ CONV_CASES = [
 def test_conv_update_matches_per_patch_reference(rule, stride, padding, dilation, groups, padding_mode):
     torch.manual_seed(0)
     layer = HebbianConv2d(6, 6, kernel_size=3, stride=stride, padding=padding, dilation=dilation, groups=groups,
-                          padding_mode=padding_mode, rule=rule, t_invert=0.7, lr=0.1, radius=2.0)
+                          padding_mode=padding_mode, rule=rule, t_invert=0.7, lr=0.1, radius=2.0, delta=DELTA, rank=RANK)
     layer.weight = layer.weight.double()
     x = torch.rand(2, 6, 8, 9)
     w0 = layer.weight.clone()
@@ -116,7 +127,7 @@ def test_both_yx_methods_match_the_reference(method, stride, padding, dilation, 
 @pytest.mark.parametrize("rule", P.RULES)
 def test_linear_update_matches_reference(rule):
     torch.manual_seed(1)
-    layer = HebbianLinear(7, 5, rule=rule, t_invert=3.0, lr=0.05, radius=1.5)
+    layer = HebbianLinear(7, 5, rule=rule, t_invert=3.0, lr=0.05, radius=1.5, delta=DELTA, rank=RANK)
     layer.weight = layer.weight.double()
     x = torch.rand(4, 7)
     w0 = layer.weight.clone()
@@ -134,8 +145,67 @@ def test_linear_update_matches_reference(rule):
 def test_post_synaptic_matches_reference_with_groups():
     u = torch.randn(3, 8, 2, 2)
     for rule in P.RULES:
-        y, _ = P.post_synaptic(u, rule, 2.0, groups=2)
+        y, _ = P.post_synaptic(u, rule, 2.0, groups=2, delta=DELTA, rank=RANK)
         torch.testing.assert_close(y, ref_post_synaptic(u, rule, 2.0, 2))
+
+
+@pytest.mark.parametrize("stride,padding,dilation,groups,padding_mode", CONV_CASES)
+def test_lebesgue_p_conv_update_matches_per_patch_reference(stride, padding, dilation, groups, padding_mode):
+    torch.manual_seed(3)
+    layer = HebbianConv2d(6, 6, kernel_size=3, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                          padding_mode=padding_mode, t_invert=0.7, lr=0.1, radius=2.0, lebesgue_p=3.0)
+    layer.weight = layer.weight.double()
+    x = torch.rand(2, 6, 8, 9)
+    w0 = layer.weight.clone()
+    u = layer(x)
+    u_ref, _, dw_ref = ref_conv_delta(x, w0, stride, padding, dilation, groups, padding_mode, "softhebb", 0.7, p=3.0)
+    torch.testing.assert_close(u, u_ref)
+    # the rate anneals with the p-norm, so it is the p-norm that goes to 1
+    norms = torch.tensor([sum(abs(v) ** 3 for v in w.flatten().tolist()) ** (1 / 3) for w in w0])
+    rate = 0.1 * ((norms - 1).abs() + P.RATE_EPS) ** layer.power_lr
+    torch.testing.assert_close(layer.radius(), norms)
+    layer.step()
+    expected = torch.cat([g / g.abs().max() for g in dw_ref.chunk(groups)])
+    torch.testing.assert_close(layer.weight, w0 + rate.view(-1, 1, 1, 1) * expected)
+
+
+def test_lebesgue_p_linear_update_matches_reference():
+    torch.manual_seed(4)
+    layer = HebbianLinear(7, 5, rule="soft", t_invert=3.0, lr=0.05, radius=1.5, lebesgue_p=4.0)
+    layer.weight = layer.weight.double()
+    x = torch.rand(4, 7)
+    w0 = layer.weight.clone()
+    u = layer(x)
+    torch.testing.assert_close(u, x @ phi(w0, 4.0).t())
+    y = ref_post_synaptic(u, "soft", 3.0, 1)
+    dw = torch.zeros_like(w0)
+    for n in range(4):
+        for k in range(5):
+            dw[k] += y[n, k] * (x[n] - u[n, k] * w0[k])  # the decay term uses w, not φ(w), as the authors' code
+    norms = torch.tensor([sum(abs(v) ** 4 for v in w.tolist()) ** 0.25 for w in w0])
+    rate = 0.05 * ((norms - 1).abs() + P.RATE_EPS) ** layer.power_lr
+    layer.step()
+    torch.testing.assert_close(layer.weight, w0 + rate.view(-1, 1) * dw / dw.abs().max())
+
+
+@pytest.mark.parametrize("p", [2.0, 3.0, 4.5])
+@pytest.mark.parametrize("init", ["normal", "uniform"])
+def test_initial_p_norms_are_about_the_radius(p, init):
+    w = P.init_weight((4000, 50), 3.0, init, torch.Generator().manual_seed(0), p=p)
+    # E‖w_k‖_p^p = r^p: the mean of the p-th powers, over 4000 neurons, within 2 %
+    assert (w.abs() ** p).sum(1).mean().item() == pytest.approx(3.0 ** p, rel=0.02)
+    assert init == "normal" or w.min() >= 0
+
+
+def test_hardkrotov_pushes_the_ranked_neuron_away():
+    u = torch.tensor([[0.3, 2.0, -1.0, 1.2, 0.9]])
+    y, winner = P.post_synaptic(u, "hardkrotov", 1.0, delta=0.4, rank=3)
+    torch.testing.assert_close(y, torch.tensor([[0.0, 1.0, 0.0, 0.0, -0.4]]))  # winner 2.0, 3rd strongest 0.9
+    assert winner.flatten().tolist() == [1]
+    with pytest.raises(ValueError, match="rank between 2 and the 5 neurons"):
+        P.post_synaptic(u, "hardkrotov", 1.0, delta=0.4, rank=6)
+    with pytest.raises(ValueError, match="rank must be an integer between 2 and the 4 neurons"):
+        HebbianConv2d(3, 4, 3, rule="hardkrotov", rank=5)
 
 
 def test_exactly_one_positive_per_position_with_anti_hebbian():

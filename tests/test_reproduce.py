@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import softhebb.run as run_module
-from softhebb import extract_features, hebbian_phase, reproduce
+from softhebb import extract_features, hebbian_phase, reproduce, reproduce_tables
 from softhebb.cli import main
 from softhebb.network import build_model
 from softhebb.reproduce import Cell, Experiment
@@ -194,5 +194,5 @@ def test_curve_experiments_plot_every_runs_per_batch_column(tmp_path):
         per_batch = [json.dumps({"phase": "hybrid", "seen": 50 * (b + 1), "r1_0": b % 7}) for b in range(120)]
         (run_dir / "metrics.jsonl").write_text("\n".join(per_batch + [json.dumps({"phase": "hybrid", "test_acc": 50.0})]))
         rows.append({"method": method, "seed": 0, "run_dir": str(run_dir)})
-    reproduce._plot_curves(reproduce.EXPERIMENTS["figB3b"], tmp_path, rows)
+    reproduce_tables.plot_curves(reproduce.EXPERIMENTS["figB3b"], tmp_path, rows)
     assert (tmp_path / "figB3b-curves.png").read_bytes()[:4] == b"\x89PNG"

@@ -3,9 +3,6 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -106,6 +103,21 @@ def test_bad_config_values_are_rejected():
                    {"preset": "2CnnCIFAR"}, {"probe_augment": "shift"}, {"probe_epochs": 0}):
         with pytest.raises(RunError, match="hybrid needs an in-memory dataset"):
             RunConfig(mode="hybrid", **hybrid)
+
+
+def test_a_preset_protocol_replaces_the_dataset_protocol_unless_a_run_sets_it():
+    mlp = RunConfig(preset="2SoftMlpMNIST_converged", dataset="mnist")  # the authors' B.3.A protocol, no flags
+    assert (mlp.hebb_batch, mlp.probe_epochs, mlp.probe_batch) == (32, 10, 32)
+    set_here = RunConfig(preset="2SoftMlpMNIST", dataset="mnist", hebb_batch=10, probe_epochs=3)
+    assert (set_here.hebb_batch, set_here.probe_epochs, set_here.probe_batch) == (10, 3, 32)
+    cnn = RunConfig(preset="SoftHebbCnnMNIST", dataset="mnist")
+    assert (cnn.hebb_batch, cnn.probe_epochs, cnn.probe_batch) == (10, 50, 64)
+    assert run_name(mlp, short_if_default=True) == "mnist-2SoftMlpMNIST_converged-s0"
+    from softhebb.network import PresetError, resolve_preset
+    for bad, message in (({"hebb_batch": 0}, "'hebb_batch' must be a positive int"),
+                         ({"probe_lr": 1e-3}, "expected an object with some of")):
+        with pytest.raises(PresetError, match=message):
+            resolve_preset({"name": "p", "blocks": [{"type": "linear", "out": 4}], "protocol": bad})
 
 
 def test_bad_preset_values_fail_before_anything_is_written(tmp_path, capsys):

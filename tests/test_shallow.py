@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from softhebb.data import load_dataset

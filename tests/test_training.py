@@ -1,7 +1,5 @@
 """The Hebbian phase's schedules, the prefix cache and features, the probe and hybrid mode, and the head's dropout."""
 
-import subprocess
-import sys
 
 import pytest
 import torch

@@ -17,7 +17,7 @@ from .baselines import BP_MODES, RANDOM_BN
 from .batching import PRECISIONS, Augment
 from .data import DATASETS, Protocol
 from .hebbian import MODES
-from .network import feature_shapes, get_preset, resolve_preset
+from .network import PROTOCOL_FIELDS, feature_shapes, get_preset, resolve_preset
 from .rundir import RunError
 
 RUN_MODES = (*MODES, "hybrid")
@@ -68,12 +68,13 @@ class RunConfig:
                      "Fig. B.3.B; --hebb-batch and --eval-every do not apply)", choices=RUN_MODES)
     seed: int = _opt(0, "sets the initial weights, data order and dropout masks")
     hebb_epochs: int = _opt(1, "Hebbian epochs per layer (0 = random untrained features)")
-    # None (the next three): the dataset's protocol (PROTOCOLS), filled in by __post_init__
-    hebb_batch: int | None = _opt(None, "Hebbian batch size (default: the dataset's protocol: 10; 32 on STL-10)")
-    probe_epochs: int | None = _opt(None, "linear-probe epochs (default: the dataset's protocol: 50; STL-10 100; "
-                                    "ImageNette/ImageNet 200)")
-    probe_batch: int | None = _opt(None, "linear-probe batch size (default: the dataset's protocol: 64; "
-                                   "ImageNette/ImageNet 32)")
+    # None (the next three): the preset's protocol if it has one, else the dataset's (PROTOCOLS); see __post_init__
+    hebb_batch: int | None = _opt(None, "Hebbian batch size (default: the preset's protocol if it names one, e.g. 32 "
+                                  "for the MNIST MLPs, else the dataset's: 10; 32 on STL-10)")
+    probe_epochs: int | None = _opt(None, "linear-probe epochs (default: the preset's protocol if it names one, e.g. 10 "
+                                    "for the MNIST MLPs, else the dataset's: 50; STL-10 100; ImageNette/ImageNet 200)")
+    probe_batch: int | None = _opt(None, "linear-probe batch size (default: the preset's protocol if it names one, "
+                                   "e.g. 32 for the MNIST MLPs, else the dataset's: 64; ImageNette/ImageNet 32)")
     probe_lr: float = _opt(1e-3, "linear-probe Adam learning rate (halved on the paper's schedule)")
     eval_every: int = _opt(10, "evaluate on the test set every N probe epochs (and the last)")
     train_limit: int | None = _opt(None, "use a seeded random subset of N training images (also caps the Hebbian "
@@ -105,9 +106,10 @@ class RunConfig:
                 raise RunError(f"config field {name!r} = {getattr(self, name)!r}: expected {expected}")
 
         need(self.dataset in PROTOCOLS, "dataset", f"one of {sorted(PROTOCOLS)}")
-        for f in ("hebb_batch", "probe_epochs", "probe_batch"):
+        preset_protocol = get_preset(self.preset).get("protocol", {})
+        for f in PROTOCOL_FIELDS:
             if getattr(self, f) is None:
-                setattr(self, f, getattr(self.protocol, f))
+                setattr(self, f, preset_protocol.get(f, getattr(self.protocol, f)))
         need(self.workers is None or (isinstance(self.workers, int) and self.workers >= 0), "workers",
              "None or an integer >= 0")
         need(self.probe_augment is None or self.probe_augment in PROBE_AUGMENTS, "probe_augment",

@@ -60,6 +60,9 @@ class HebbianLayer(nn.Module):
         power_lr: float,
         radius: float,
         init: str,
+        delta: float,
+        rank: int,
+        lebesgue_p: float,
     ) -> None:
         super().__init__()
         _check(rule in P.RULES, f"rule must be one of {P.RULES}, got {rule!r}")
@@ -69,12 +72,19 @@ class HebbianLayer(nn.Module):
         _check(power_lr >= 0 and math.isfinite(power_lr), f"power_lr must be >= 0, got {power_lr!r}")
         _check(radius > 0 and math.isfinite(radius), f"radius must be > 0, got {radius!r}")
         _check(init in ("normal", "uniform"), f"init must be 'normal' or 'uniform', got {init!r}")
+        _check(delta >= 0 and math.isfinite(delta), f"delta must be a finite number >= 0, got {delta!r}")
+        competing = weight_shape[0] // groups
+        _check(isinstance(rank, int) and not isinstance(rank, bool) and (rule != "hardkrotov" or 2 <= rank <= competing),
+               f"rank must be an integer between 2 and the {competing} neurons that compete"
+               + (" (per group)" if groups > 1 else "") + f", got {rank!r}")
+        _check(lebesgue_p >= 2 and math.isfinite(lebesgue_p), f"lebesgue_p must be a finite number >= 2, got {lebesgue_p!r}")
         self.rule, self.t_invert, self.groups = rule, float(t_invert), groups
+        self.delta, self.rank, self.lebesgue_p = float(delta), rank, float(lebesgue_p)
         self.lr, self.lr_schedule, self.power_lr = float(lr), lr_schedule, float(power_lr)
         self.radius_init, self.init = float(radius), init
         self.plastic = True
         self.total_steps: float | None = None  # length of the linear-decay schedule (see schedule)
-        self.register_buffer("weight", P.init_weight(weight_shape, radius, init))
+        self.register_buffer("weight", P.init_weight(weight_shape, radius, init, p=self.lebesgue_p))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         k = weight_shape[0]
         # Monitoring counters live on the device so reading them never syncs per batch.
@@ -91,7 +101,7 @@ class HebbianLayer(nn.Module):
 
     @torch.no_grad()
     def _accumulate(self, x: torch.Tensor, u: torch.Tensor) -> None:
-        y, winner = P.post_synaptic(u, self.rule, self.t_invert, self.groups)
+        y, winner = P.post_synaptic(u, self.rule, self.t_invert, self.groups, self.delta, self.rank)
         # Under bf16 autocast u is bf16: Σỹx (the costly product) comes out of a bf16 kernel, while Σỹu,
         # the accumulation over batches and the update stay fp32.
         yx, yu = self._hebbian_terms(x, y, u)
@@ -144,7 +154,7 @@ class HebbianLayer(nn.Module):
     def learning_rate(self) -> torch.Tensor:
         """Per-neuron rate η_k for the next update."""
         if self.lr_schedule == "radius":
-            return P.radius_rate(self.weight, self.lr, self.power_lr)
+            return P.radius_rate(self.weight, self.lr, self.power_lr, self.lebesgue_p)
         rate = torch.full((self.weight.shape[0],), self.lr, device=self.weight.device)
         if self.total_steps is None:
             return rate
@@ -158,8 +168,12 @@ class HebbianLayer(nn.Module):
         self.total_steps = None if total_steps is None else float(total_steps)
 
     def radius(self) -> torch.Tensor:
-        """‖w_k‖ of every neuron."""
-        return P.neuron_norms(self.weight)
+        """‖w_k‖_p of every neuron (p = ``lebesgue_p``)."""
+        return P.neuron_norms(self.weight, self.lebesgue_p)
+
+    def synaptic_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The weights the forward pass multiplies the input with: φ(w), = w for ``lebesgue_p`` 2."""
+        return P.synaptic_weight(self.weight, self.lebesgue_p).to(dtype or self.weight.dtype)
 
     def convergence(self) -> float:
         """mean_k |‖w_k‖ − 1|: 0 when every neuron has reached the unit sphere."""
@@ -192,7 +206,10 @@ class HebbianLayer(nn.Module):
         }
 
     def rule_repr(self) -> str:
-        return f"rule={self.rule}, t_invert={self.t_invert:g}, lr={self.lr:g}, lr_schedule={self.lr_schedule}, power_lr={self.power_lr:g}"
+        krotov = f", delta={self.delta:g}, rank={self.rank}" if self.rule == "hardkrotov" else ""
+        p = f", lebesgue_p={self.lebesgue_p:g}" if self.lebesgue_p != 2 else ""
+        return (f"rule={self.rule}, t_invert={self.t_invert:g}, lr={self.lr:g}, lr_schedule={self.lr_schedule}, "
+                f"power_lr={self.power_lr:g}{krotov}{p}")
 
 
 class HebbianConv2d(HebbianLayer):
@@ -223,6 +240,9 @@ class HebbianConv2d(HebbianLayer):
         radius: float = 25.0,
         init: str = "normal",
         pre_triangle: bool = False,
+        delta: float = 2.0,  # hardkrotov only: the authors' CNN default
+        rank: int = 3,
+        lebesgue_p: float = 2.0,
     ) -> None:
         ks, st, pd, dl = (_pair(kernel_size, "kernel_size"), _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation"))
         _check(in_channels > 0 and out_channels > 0, f"in_channels and out_channels must be > 0, got {in_channels} and {out_channels}")
@@ -231,7 +251,8 @@ class HebbianConv2d(HebbianLayer):
         _check(min(ks) > 0 and min(st) > 0 and min(dl) > 0 and min(pd) >= 0,
                f"kernel_size, stride, dilation must be > 0 and padding >= 0, got {ks}, {st}, {dl}, {pd}")
         _check(padding_mode in PADDING_MODES, f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-        super().__init__((out_channels, in_channels // groups, *ks), groups, rule, t_invert, lr, lr_schedule, power_lr, radius, init)
+        super().__init__((out_channels, in_channels // groups, *ks), groups, rule, t_invert, lr, lr_schedule, power_lr,
+                         radius, init, delta, rank, lebesgue_p)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding, self.dilation = ks, st, pd, dl
         self.padding_mode, self.pre_triangle = padding_mode, pre_triangle
@@ -240,7 +261,7 @@ class HebbianConv2d(HebbianLayer):
         _check(x.dim() == 4 and x.shape[1] == self.in_channels,
                f"HebbianConv2d expects (N, {self.in_channels}, H, W) input, got shape {tuple(x.shape)}")
         x = P.pad_input(x, self.padding, self.padding_mode)
-        u = F.conv2d(x, self.weight.to(x.dtype), None, self.stride, 0, self.dilation, self.groups)
+        u = F.conv2d(x, self.synaptic_weight(x.dtype), None, self.stride, 0, self.dilation, self.groups)
         if self.pre_triangle:
             u = triangle(u, 1.0)
         if self.training and self.plastic:
@@ -272,15 +293,19 @@ class HebbianLinear(HebbianLayer):
         power_lr: float = 0.2,
         radius: float = 10.0,
         init: str = "uniform",
+        delta: float = 0.1,  # hardkrotov only: the authors' MLP default
+        rank: int = 3,
+        lebesgue_p: float = 2.0,
     ) -> None:
         _check(in_features > 0 and out_features > 0, f"in_features and out_features must be > 0, got {in_features} and {out_features}")
-        super().__init__((out_features, in_features), 1, rule, t_invert, lr, lr_schedule, power_lr, radius, init)
+        super().__init__((out_features, in_features), 1, rule, t_invert, lr, lr_schedule, power_lr, radius, init,
+                         delta, rank, lebesgue_p)
         self.in_features, self.out_features = in_features, out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check(x.dim() == 2 and x.shape[1] == self.in_features,  # the update sums over one batch dimension
                f"HebbianLinear expects (N, {self.in_features}) input (flatten first), got shape {tuple(x.shape)}")
-        u = x @ self.weight.to(x.dtype).t()
+        u = x @ self.synaptic_weight(x.dtype).t()
         if self.training and self.plastic:
             self._accumulate(x, u)
         return u

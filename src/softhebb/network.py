@@ -6,9 +6,9 @@ A preset is a list of hidden blocks plus a classifier head:
     classifier = flatten → dropout → linear
 
 Block fields (defaults in ``CONV_DEFAULTS`` / ``LINEAR_DEFAULTS``): ``type`` conv|linear,
-``rule`` softhebb|soft|hard|bp, ``out``, ``kernel``, ``stride``, ``padding``, ``dilation``,
+``rule`` softhebb|soft|hard|hardkrotov|bp, ``out``, ``kernel``, ``stride``, ``padding``, ``dilation``,
 ``groups``, ``padding_mode``, ``t_invert``, ``lr``, ``lr_schedule`` radius|linear,
-``power_lr``, ``radius``, ``pre_triangle``, ``bn``, ``activation`` (``triangle_P``, ``relu``,
+``power_lr``, ``radius``, ``delta`` and ``rank`` (hardkrotov), ``lebesgue_p``, ``pre_triangle``, ``bn``, ``activation`` (``triangle_P``, ``relu``,
 ``softmax_B`` or null) and ``pool`` (``max|avg_kernel_stride_padding`` or null).
 """
 
@@ -31,7 +31,7 @@ from .layers import PADDING_MODES, SCHEDULES, HebbianConv2d, HebbianLayer, Hebbi
 from .modules import AvgPool2d, ChannelSoftmax, Dropout, MaxPool2d, Power, Triangle
 from .plasticity import RULES
 
-HEBBIAN_FIELDS = ("rule", "t_invert", "lr", "lr_schedule", "power_lr", "radius")
+HEBBIAN_FIELDS = ("rule", "t_invert", "lr", "lr_schedule", "power_lr", "radius", "delta", "rank", "lebesgue_p")
 
 
 def _defaults(layer: type, fields: tuple[str, ...]) -> dict[str, Any]:
@@ -47,6 +47,9 @@ CONV_DEFAULTS: dict[str, Any] = dict(
 )
 LINEAR_DEFAULTS: dict[str, Any] = dict(**_defaults(HebbianLinear, HEBBIAN_FIELDS), bn=False, activation=None)
 CLASSIFIER_DEFAULTS: dict[str, Any] = dict(dropout=0.5)
+# A preset may name its own training protocol (e.g. the MNIST MLP's batch 32 and 10-epoch probe); these
+# replace the dataset's protocol where a run does not set them.
+PROTOCOL_FIELDS = ("hebb_batch", "probe_epochs", "probe_batch")
 
 
 class PresetError(ValueError):
@@ -119,6 +122,13 @@ def resolve_preset(spec: dict) -> dict:
                           f"{sorted(set(head) - set(CLASSIFIER_DEFAULTS))}; allowed: {sorted(CLASSIFIER_DEFAULTS)}")
     if not isinstance(head["dropout"], (int, float)) or not 0 <= head["dropout"] < 1:
         raise PresetError(f"preset {spec.get('name', '?')!r} classifier: 'dropout' must be in [0, 1), got {head['dropout']!r}")
+    protocol = spec.get("protocol", {})
+    if not isinstance(protocol, dict) or set(protocol) - set(PROTOCOL_FIELDS):
+        raise PresetError(f"preset {spec.get('name', '?')!r} protocol: expected an object with some of "
+                          f"{list(PROTOCOL_FIELDS)}, got {protocol!r}")
+    for k, v in protocol.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise PresetError(f"preset {spec.get('name', '?')!r} protocol: {k!r} must be a positive int, got {v!r}")
     return {k: v for k, v in spec.items() if k not in ("blocks", "classifier")} | {"blocks": blocks, "classifier": head}
 
 
@@ -128,8 +138,10 @@ _NUMBERS = {
     "lr": (0, True, "the Hebbian learning rate lr₀; paper presets use 0.005–0.08 (0 freezes the layer)"),
     "power_lr": (0, True, "the exponent of the radius-dependent rate; paper presets use 0.2–0.75"),
     "radius": (0, False, "the initial weight norm per neuron; paper presets use 2–35"),
+    "delta": (0, True, "the anti-Hebbian strength of rule hardkrotov; the authors' default is 2 (conv), 0.1 (linear)"),
+    "lebesgue_p": (2, True, "the Lebesgue exponent p of the weight norm; 2 in every paper preset"),
 }
-_INTS = {"kernel": 1, "stride": 1, "dilation": 1, "groups": 1, "padding": 0}
+_INTS = {"kernel": 1, "stride": 1, "dilation": 1, "groups": 1, "padding": 0, "rank": 2}
 
 
 def _check_block_values(name: str, i: int, b: dict) -> None:
@@ -149,6 +161,8 @@ def _check_block_values(name: str, i: int, b: dict) -> None:
             raise bad(field, f"an integer >= {low}")
     if b["rule"] not in (*RULES, "bp"):
         raise bad("rule", f"one of {(*RULES, 'bp')}")
+    if b["rule"] == "hardkrotov" and b["rank"] > b["out"] // b.get("groups", 1):
+        raise bad("rank", f"at most the {b['out'] // b.get('groups', 1)} neurons that compete (rule hardkrotov)")
     if b["lr_schedule"] not in SCHEDULES:
         raise bad("lr_schedule", f"one of {SCHEDULES}")
     if "padding_mode" in b and b["padding_mode"] not in PADDING_MODES:
@@ -162,7 +176,7 @@ def _check_block_values(name: str, i: int, b: dict) -> None:
     try:
         _parse_activation(b["activation"])
         if b.get("pool") is not None:
-            _, k, st, p = _pool_params(b["pool"])
+            _, k, st, p = pool_params(b["pool"])
             if k < 1 or st < 1 or not 0 <= p <= k // 2:
                 raise PresetError(f"pool kernel and stride must be >= 1 and padding between 0 and half the kernel, "
                                   f"got {b['pool']!r}")
@@ -170,7 +184,7 @@ def _check_block_values(name: str, i: int, b: dict) -> None:
         raise PresetError(f"{where}: {e}") from None
 
 
-def _pool_params(pool: str) -> tuple[str, int, int, int]:
+def pool_params(pool: str) -> tuple[str, int, int, int]:
     try:
         kind, k, s, p = pool.split("_")
         k, s, p = int(k), int(s), int(p)
@@ -184,7 +198,7 @@ def _pool_params(pool: str) -> tuple[str, int, int, int]:
 def _parse_pool(pool: str | None) -> nn.Module | None:
     if pool is None:
         return None
-    kind, k, s, p = _pool_params(pool)
+    kind, k, s, p = pool_params(pool)
     return MaxPool2d(k, s, p) if kind == "max" else AvgPool2d(k, s, p)
 
 
@@ -216,7 +230,7 @@ def block_output_shape(block: dict, in_shape: tuple[int, ...]) -> tuple[int, ...
         raise PresetError(f"groups={block['groups']} must divide the block's input channels ({c}) and 'out' ({block['out']})")
     h, w = (_conv_out(n, block["kernel"], block["stride"], block["padding"], block["dilation"]) for n in (h, w))
     if block["pool"]:
-        _, k, s, p = _pool_params(block["pool"])
+        _, k, s, p = pool_params(block["pool"])
         h, w = (_conv_out(n, k, s, p) for n in (h, w))
     if h <= 0 or w <= 0:
         raise PresetError(f"input of shape {in_shape} is too small for this block: its output would be {h}×{w}")
@@ -271,8 +285,7 @@ class Block(nn.Module):
 
     @staticmethod
     def _hebb_args(cfg: dict) -> dict:
-        return dict(rule=cfg["rule"], t_invert=cfg["t_invert"], lr=cfg["lr"], lr_schedule=cfg["lr_schedule"],
-                    power_lr=cfg["power_lr"], radius=cfg["radius"], init="normal" if cfg["bn"] else "uniform")
+        return {**{f: cfg[f] for f in HEBBIAN_FIELDS}, "init": "normal" if cfg["bn"] else "uniform"}
 
     @property
     def hebbian(self) -> bool:

@@ -10,14 +10,17 @@ equal-sized groups of neurons.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-RULES = ("softhebb", "soft", "hard")
+RULES = ("softhebb", "soft", "hard", "hardkrotov")
 """Competition variants: ``softhebb`` = soft WTA with anti-Hebbian non-winners (the paper's
-"softkrotov" mode 0), ``soft`` = soft WTA without anti-Hebbian, ``hard`` = hard WTA."""
+"softkrotov" mode 0), ``soft`` = soft WTA without anti-Hebbian, ``hard`` = hard WTA,
+``hardkrotov`` = hard WTA plus an anti-Hebbian push −Δ on the ``rank``-th strongest neuron
+(Krotov & Hopfield 2019; in the authors' code, used by no paper preset)."""
 
 RATE_EPS = 1e-10  # keeps the radius-dependent rate non-zero at norm exactly 1 (as the original)
 NORM_EPS = 1e-30  # guards the max-abs normalisation of an all-zero update
@@ -29,12 +32,14 @@ def _grouped(u: torch.Tensor, groups: int) -> torch.Tensor:
     return u.reshape(n, groups, k // groups, *u.shape[2:])
 
 
-def post_synaptic(u: torch.Tensor, rule: str, t_invert: float, groups: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+def post_synaptic(u: torch.Tensor, rule: str, t_invert: float, groups: int = 1, delta: float | None = None,
+                  rank: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """ỹ, the signed post-synaptic factor that enters the update, and the winning neurons.
 
-    softhebb: y = softmax(t_invert·u); ỹ = +y at the argmax neuron, −y everywhere else.
-    soft:     ỹ = softmax(t_invert·u).
-    hard:     ỹ = one-hot(argmax u).
+    softhebb:   y = softmax(t_invert·u); ỹ = +y at the argmax neuron, −y everywhere else.
+    soft:       ỹ = softmax(t_invert·u).
+    hard:       ỹ = one-hot(argmax u).
+    hardkrotov: ỹ = one-hot(argmax u) − delta·one-hot(the rank-th largest u), rank >= 2.
 
     Returns (ỹ shaped like u, winner index within its group shaped (N, G, 1, ...)).
     """
@@ -43,8 +48,14 @@ def post_synaptic(u: torch.Tensor, rule: str, t_invert: float, groups: int = 1) 
     ug = _grouped(u, groups)
     # max's indices are argmax's (the first maximum), but on CPU, over this strided dim, max runs 1.2-3x faster
     winner = ug.max(dim=2, keepdim=True).indices
-    if rule == "hard":
+    if rule in ("hard", "hardkrotov"):
         y = torch.zeros_like(ug).scatter_(2, winner, 1.0)
+        if rule == "hardkrotov":
+            if delta is None or rank is None or not 2 <= rank <= ug.shape[2]:
+                raise ValueError(f"hardkrotov needs delta and a rank between 2 and the {ug.shape[2]} neurons that "
+                                 f"compete, got delta={delta!r}, rank={rank!r}")
+            ranked = ug.topk(rank, dim=2).indices[:, :, rank - 1:rank]
+            y.scatter_(2, ranked, -float(delta))
     else:
         scaled = ug if t_invert == 1.0 else ug * t_invert  # ×1 is exact: skip a pass over u (CIFAR block 0)
         y = torch.softmax(scaled, dim=2, dtype=torch.promote_types(ug.dtype, torch.float32))
@@ -130,6 +141,16 @@ def apply_update_(weight: torch.Tensor, yx: torch.Tensor, yu: torch.Tensor, rate
     return dmax
 
 
+def synaptic_weight(weight: torch.Tensor, p: float = 2.0) -> torch.Tensor:
+    """φ(w) = sign(w)·|w|^(p−1), the weights the forward pass uses for Lebesgue exponent p (φ(w) = w for p = 2).
+
+    With it the Hebbian update drives ‖w_k‖_p, not ‖w_k‖₂, to 1 (Krotov & Hopfield's p-norm rule).
+    """
+    if p == 2.0:
+        return weight
+    return weight.sign() * weight.abs().pow(p - 1)
+
+
 def neuron_norms(weight: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """‖w_k‖_p of each neuron's flattened weight vector (the paper's "radius")."""
     return torch.linalg.vector_norm(weight.flatten(1), ord=p, dim=1)
@@ -145,19 +166,25 @@ def linear_decay_rate(lr: torch.Tensor | float, step: torch.Tensor | int, total_
     return lr * (1.0 - torch.as_tensor(step, dtype=torch.float64) / total_steps).clamp(min=0.0)
 
 
-def init_weight(shape: Sequence[int], radius: float, distribution: str, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Initial weights whose per-neuron norm is about ``radius`` (reference §1.7, p = 2).
+def init_weight(shape: Sequence[int], radius: float, distribution: str, generator: torch.Generator | None = None,
+                p: float = 2.0) -> torch.Tensor:
+    """Initial weights whose per-neuron p-norm is about ``radius`` (E‖w_k‖_p^p = r^p; reference §1.7).
 
-    normal:  N(0, (r/√n)²) — used when the block has a BatchNorm.
-    uniform: U[0, r·√(3/n)) — used otherwise (e.g. the MNIST MLP).
+    normal:  N(0, σ²), σ = (r^p / (n·E|z|^p))^(1/p) = r/√n for p = 2 — used when the block has a BatchNorm.
+    uniform: U[0, a), a = ((p+1)·r^p / n)^(1/p) = r·√(3/n) for p = 2 — used otherwise (e.g. the MNIST MLP).
     """
     fan_in = 1
     for s in shape[1:]:
         fan_in *= s
     if distribution == "normal":
-        return torch.randn(*shape, generator=generator) * (radius / fan_in**0.5)
+        if p == 2.0:
+            return torch.randn(*shape, generator=generator) * (radius / fan_in**0.5)
+        abs_moment = 2 ** (p / 2) * math.gamma((p + 1) / 2) / math.sqrt(math.pi)  # E|z|^p, z ~ N(0, 1)
+        return torch.randn(*shape, generator=generator) * (radius**p / (fan_in * abs_moment)) ** (1 / p)
     if distribution == "uniform":
-        return torch.rand(*shape, generator=generator) * (radius * (3.0 / fan_in) ** 0.5)
+        if p == 2.0:
+            return torch.rand(*shape, generator=generator) * (radius * (3.0 / fan_in) ** 0.5)
+        return torch.rand(*shape, generator=generator) * ((p + 1) * radius**p / fan_in) ** (1 / p)
     raise ValueError(f"unknown init distribution {distribution!r}; expected 'normal' or 'uniform'")
 
 

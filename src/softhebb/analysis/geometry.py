@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from ..network import SoftHebbNet, _pool_params, feature_shapes, get_preset, resolve_preset
+from ..network import SoftHebbNet, pool_params, feature_shapes, get_preset, resolve_preset
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ def receptive_fields(model_or_preset: SoftHebbNet | str | dict, in_shape: tuple[
         size, jump, start = _step(size, jump, start, b["kernel"], b["stride"], b["padding"], b["dilation"])
         conv = (size, jump, start)
         if b["pool"]:
-            _, k, s, p = _pool_params(b["pool"])
+            _, k, s, p = pool_params(b["pool"])
             size, jump, start = _step(size, jump, start, k, s, p)
         out.append(ReceptiveField(i, b["type"], *conv, size, jump, start, tuple(shape)))
     return out

@@ -49,7 +49,7 @@ def tile(images: torch.Tensor, ncols: int | None = None, pad: int = 1, pad_value
 def _conv_valid(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The layer without its padding (an interior unit computes exactly the same value)."""
     if isinstance(layer, HebbianConv2d):
-        u = F.conv2d(x, layer.weight.to(x.dtype), None, layer.stride, 0, layer.dilation, layer.groups)
+        u = F.conv2d(x, layer.synaptic_weight(x.dtype), None, layer.stride, 0, layer.dilation, layer.groups)
         return triangle(u, 1.0) if layer.pre_triangle else u
     return F.conv2d(x, layer.weight, None, layer.stride, 0, layer.dilation, layer.groups)
 
