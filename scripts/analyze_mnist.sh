@@ -4,7 +4,7 @@
 #   SOFTHEBB_DATA=../shared/datasets scripts/analyze_mnist.sh RUN_DIR [RUN_DIR ...]
 #
 # e.g. runs/mnist-SoftHebbCnnMNIST-s0 runs/fashion-mnist-SoftHebbCnnMNIST-s0 (from `softhebb train`), plus any
-# Hard-WTA or backprop runs to compare. Writes into $OUT (default docs/figures):
+# Hard-WTA or backprop runs to compare. Writes into $OUT (default runs/analysis):
 #   filters.png/csv                  first-layer filters of every run side by side
 #   robustness.png/csv/json          noise, FGSM/FGM and PGD accuracy, each run on its own test set
 #   <run folder>/                    receptive fields, learning dynamics (+ lr schedules), representations
@@ -20,7 +20,7 @@ if [ $# -eq 0 ]; then
   exit 2
 fi
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
-OUT=${OUT:-docs/figures}
+OUT=${OUT:-runs/analysis}
 if [ -z "${DEVICE:-}" ]; then
   DEVICE=$("$PY" -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
 fi

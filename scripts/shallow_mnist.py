@@ -1,6 +1,6 @@
 """The 2022 paper's shallow MNIST experiments on the 2000-neuron soft-WTA MLP (``2SoftMlpMNIST``).
 
-    SOFTHEBB_DATA=../shared/datasets python scripts/shallow_mnist.py --out docs/figures/shallow
+    SOFTHEBB_DATA=../shared/datasets python scripts/shallow_mnist.py [--preset P] [--seed N] --out results/shallow
 
 Protocol of the original's B.3.A configs: one Hebbian epoch at batch 32, a 10-epoch probe at batch
 32 (no dropout). Reports the probe's test accuracy, the unsupervised label-assignment accuracy
@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--preset", default="2SoftMlpMNIST")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=None)
-    ap.add_argument("--out", type=Path, default=Path("docs/figures/shallow"))
+    ap.add_argument("--out", type=Path, default=Path("results/shallow"))
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
