@@ -358,3 +358,55 @@ def test_layers_name_the_input_shape_they_expect():
                 layer(x)
     with pytest.raises(ValueError, match="padding must be an int or a pair of ints, got 'same'"):
         HebbianConv2d(3, 4, 3, padding="same")
+
+
+@pytest.mark.parametrize("rule", ["softhebb", "soft"])
+def test_plastic_bias_matches_per_sample_reference_linear(rule):
+    torch.manual_seed(5)
+    layer = HebbianLinear(6, 4, rule=rule, t_invert=2.0, lr=0.05, radius=1.5, bias=True)
+    layer.weight, layer.bias = layer.weight.double(), layer.bias.double()
+    torch.testing.assert_close(layer.bias, torch.full((4,), math.log(1 / 4) / 2.0))  # the uniform prior
+    layer.bias += torch.tensor([0.3, -0.2, 0.1, 0.0])
+    x = torch.rand(5, 6)
+    w0, b0 = layer.weight.clone(), layer.bias.clone()
+    u = layer(x)
+    torch.testing.assert_close(u, x @ w0.t() + b0)
+    y = ref_post_synaptic(u, rule, 2.0, 1)
+    dw = torch.zeros_like(w0)
+    db = torch.zeros_like(b0)
+    for n in range(5):
+        for k in range(4):
+            dw[k] += y[n, k] * (x[n] - u[n, k] * w0[k])
+            db[k] += abs(y[n, k])  # the softmax, whatever the sign the rule gives it
+    db = (db - 5 * torch.exp(2.0 * b0)) / torch.exp(2.0 * b0)
+    rate = layer.learning_rate()
+    layer.step()
+    torch.testing.assert_close(layer.weight, w0 + rate.view(-1, 1) * dw / dw.abs().max())
+    torch.testing.assert_close(layer.bias, b0 + rate * (db / db.abs().max()) / 2.0)
+
+
+@pytest.mark.parametrize("stride,padding,dilation,groups,padding_mode", CONV_CASES)
+def test_plastic_bias_matches_per_patch_reference_conv(stride, padding, dilation, groups, padding_mode):
+    torch.manual_seed(6)
+    layer = HebbianConv2d(6, 6, kernel_size=3, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                          padding_mode=padding_mode, t_invert=0.7, lr=0.1, radius=2.0, bias=True)
+    layer.weight, layer.bias = layer.weight.double(), layer.bias.double() + torch.linspace(-0.5, 0.5, 6)
+    x = torch.rand(2, 6, 8, 9)
+    w0, b0 = layer.weight.clone(), layer.bias.clone()
+    u = layer(x)
+    u_ref, _, _ = ref_conv_delta(x, w0, stride, padding, dilation, groups, padding_mode, "softhebb", 0.7)
+    torch.testing.assert_close(u, u_ref + b0.view(1, -1, 1, 1))
+    y = ref_post_synaptic(u, "softhebb", 0.7, groups)
+    m = y.shape[0] * y.shape[2] * y.shape[3]  # competitions per neuron: every sample and position
+    db = (y.abs().sum(dim=(0, 2, 3)) - m * torch.exp(0.7 * b0)) / torch.exp(0.7 * b0)
+    rate = layer.learning_rate()
+    layer.step()
+    torch.testing.assert_close(layer.bias, b0 + rate * (db / db.abs().max()) * 0.1 / 0.7)
+
+
+def test_bias_needs_the_soft_competition():
+    with pytest.raises(ValueError, match="true only with rule softhebb or soft"):
+        HebbianConv2d(3, 4, 3, rule="hard", bias=True)
+    from softhebb.network import PresetError, resolve_preset
+    with pytest.raises(PresetError, match="'bias' must be false with rule 'hard'"):
+        resolve_preset({"name": "p", "blocks": [{"type": "linear", "out": 4, "rule": "hard", "bias": True}]})

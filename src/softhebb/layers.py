@@ -63,6 +63,7 @@ class HebbianLayer(nn.Module):
         delta: float,
         rank: int,
         lebesgue_p: float,
+        bias: bool,
     ) -> None:
         super().__init__()
         _check(rule in P.RULES, f"rule must be one of {P.RULES}, got {rule!r}")
@@ -78,6 +79,9 @@ class HebbianLayer(nn.Module):
                f"rank must be an integer between 2 and the {competing} neurons that compete"
                + (" (per group)" if groups > 1 else "") + f", got {rank!r}")
         _check(lebesgue_p >= 2 and math.isfinite(lebesgue_p), f"lebesgue_p must be a finite number >= 2, got {lebesgue_p!r}")
+        _check(isinstance(bias, bool) and (not bias or rule in ("softhebb", "soft")),
+               f"bias must be true or false, and true only with rule softhebb or soft (the soft competition's prior), "
+               f"got bias={bias!r} with rule {rule!r}")
         self.rule, self.t_invert, self.groups = rule, float(t_invert), groups
         self.delta, self.rank, self.lebesgue_p = float(delta), rank, float(lebesgue_p)
         self.lr, self.lr_schedule, self.power_lr = float(lr), lr_schedule, float(power_lr)
@@ -87,6 +91,10 @@ class HebbianLayer(nn.Module):
         self.register_buffer("weight", P.init_weight(weight_shape, radius, init, p=self.lebesgue_p))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         k = weight_shape[0]
+        # A plastic bias is each neuron's log-prior of winning (reference §1.6); None when disabled, as in every paper preset.
+        self.register_buffer("bias", torch.full((k,), math.log(1 / k) / t_invert) if bias else None)
+        self._ysum: torch.Tensor | None = None
+        self._count: torch.Tensor | None = None
         # Monitoring counters live on the device so reading them never syncs per batch.
         self.register_buffer("win_counts", torch.zeros(k, dtype=torch.long), persistent=False)
         self.register_buffer("winner_y_sum", torch.zeros(()), persistent=False)
@@ -111,6 +119,12 @@ class HebbianLayer(nn.Module):
         else:
             self._yx += yx
             self._yu += yu
+        if self.bias is not None:  # |ỹ| is the softmax for both soft rules (softhebb only flips the losers' sign)
+            dims = (0, *range(2, y.dim()))
+            ysum = y.abs().sum(dim=dims).to(self.weight.dtype)
+            count = torch.tensor(float(y.numel() // y.shape[1]), device=y.device, dtype=self.weight.dtype)
+            self._ysum = ysum if self._ysum is None else self._ysum + ysum
+            self._count = count if self._count is None else self._count + count
         per_group = self.weight.shape[0] // self.groups
         offset = torch.arange(self.groups, device=u.device).view(1, self.groups, *([1] * (winner.dim() - 2))) * per_group
         winners = (winner + offset).flatten()
@@ -118,9 +132,12 @@ class HebbianLayer(nn.Module):
         self.winner_y_sum += y.reshape(winner.shape[0], self.groups, per_group, *winner.shape[3:]).gather(2, winner).abs().sum()
 
     @property
-    def pending(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """The accumulated (Σỹx, Σỹu) since the last step; data-parallel training all-reduces these."""
-        return None if self._yx is None else (self._yx, self._yu)  # type: ignore[return-value]
+    def pending(self) -> tuple[torch.Tensor, ...] | None:
+        """The accumulated (Σỹx, Σỹu[, Σy, M for the bias]) since the last step; data-parallel training all-reduces
+        these."""
+        if self._yx is None:
+            return None
+        return (self._yx, self._yu) if self.bias is None else (self._yx, self._yu, self._ysum, self._count)  # type: ignore[return-value]
 
     @torch.no_grad()
     def step(self) -> bool:
@@ -129,10 +146,13 @@ class HebbianLayer(nn.Module):
             return False
         rate = self.learning_rate().to(self.weight.dtype)
         dw, dmax = P.update_direction(self.weight, self._yx, self._yu, self.groups)
-        self._yx = self._yu = None
+        db = None if self.bias is None else P.bias_direction(self.bias, self._ysum, self._count, self.t_invert)
+        self._yx = self._yu = self._ysum = self._count = None
         self.num_updates += 1
         # |step| ≤ rate, so a finite rate and Δw keep w finite; after a bad update the layer stays frozen.
         ok = torch.isfinite(dmax).all() & torch.isfinite(rate).all() & (self.first_nonfinite_update < 0)
+        if db is not None:
+            ok &= torch.isfinite(db).all()
         self.first_nonfinite_update.copy_(torch.where(ok | (self.first_nonfinite_update >= 0),
                                                       self.first_nonfinite_update, self.num_updates))
         if self.weight.device.type == "cpu":  # reading a CPU flag costs nothing: refuse before the weights change
@@ -140,15 +160,19 @@ class HebbianLayer(nn.Module):
                 raise NonFiniteError(f"{type(self).__name__} ({self.rule_repr()}): update {int(self.num_updates)} is "
                                      "not finite (NaN or Inf in Σỹx, Σỹu or the rate); the weights are left unchanged")
             P.apply_direction_(self.weight, dw, dmax, rate, self.groups)
+            if db is not None:
+                self.bias.add_(rate * db, alpha=self.bias_rate / self.t_invert)
         else:  # reading it would sync with the GPU every batch: the update is skipped on the device instead, and
             # the training loop reads first_nonfinite_update at checkpoints and epoch ends
             P.apply_direction_(self.weight, dw.nan_to_num_(0.0, 0.0, 0.0), torch.where(ok, dmax, 1.0),
                                torch.where(ok, rate, 0.0), self.groups)
+            if db is not None:
+                self.bias.add_(torch.where(ok, rate, 0.0) * db.nan_to_num_(0.0, 0.0, 0.0), alpha=self.bias_rate / self.t_invert)
         return True
 
     def zero_pending(self) -> None:
         """Discard accumulated sums without updating (e.g. after a forward that should not learn)."""
-        self._yx = self._yu = None
+        self._yx = self._yu = self._ysum = self._count = None
 
     # -- monitoring -----------------------------------------------------------------------
     def learning_rate(self) -> torch.Tensor:
@@ -208,8 +232,9 @@ class HebbianLayer(nn.Module):
     def rule_repr(self) -> str:
         krotov = f", delta={self.delta:g}, rank={self.rank}" if self.rule == "hardkrotov" else ""
         p = f", lebesgue_p={self.lebesgue_p:g}" if self.lebesgue_p != 2 else ""
+        bias = ", bias=True" if self.bias is not None else ""
         return (f"rule={self.rule}, t_invert={self.t_invert:g}, lr={self.lr:g}, lr_schedule={self.lr_schedule}, "
-                f"power_lr={self.power_lr:g}{krotov}{p}")
+                f"power_lr={self.power_lr:g}{krotov}{p}{bias}")
 
 
 class HebbianConv2d(HebbianLayer):
@@ -221,6 +246,7 @@ class HebbianConv2d(HebbianLayer):
     """
 
     r1_tolerance = 1e-2
+    bias_rate = 0.1  # the bias moves at η_k·0.1/t_invert in conv layers, η_k/t_invert in linear ones (as the authors')
 
     def __init__(
         self,
@@ -243,6 +269,7 @@ class HebbianConv2d(HebbianLayer):
         delta: float = 2.0,  # hardkrotov only: the authors' CNN default
         rank: int = 3,
         lebesgue_p: float = 2.0,
+        bias: bool = False,
     ) -> None:
         ks, st, pd, dl = (_pair(kernel_size, "kernel_size"), _pair(stride, "stride"), _pair(padding, "padding"), _pair(dilation, "dilation"))
         _check(in_channels > 0 and out_channels > 0, f"in_channels and out_channels must be > 0, got {in_channels} and {out_channels}")
@@ -252,7 +279,7 @@ class HebbianConv2d(HebbianLayer):
                f"kernel_size, stride, dilation must be > 0 and padding >= 0, got {ks}, {st}, {dl}, {pd}")
         _check(padding_mode in PADDING_MODES, f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
         super().__init__((out_channels, in_channels // groups, *ks), groups, rule, t_invert, lr, lr_schedule, power_lr,
-                         radius, init, delta, rank, lebesgue_p)
+                         radius, init, delta, rank, lebesgue_p, bias)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding, self.dilation = ks, st, pd, dl
         self.padding_mode, self.pre_triangle = padding_mode, pre_triangle
@@ -261,7 +288,8 @@ class HebbianConv2d(HebbianLayer):
         _check(x.dim() == 4 and x.shape[1] == self.in_channels,
                f"HebbianConv2d expects (N, {self.in_channels}, H, W) input, got shape {tuple(x.shape)}")
         x = P.pad_input(x, self.padding, self.padding_mode)
-        u = F.conv2d(x, self.synaptic_weight(x.dtype), None, self.stride, 0, self.dilation, self.groups)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        u = F.conv2d(x, self.synaptic_weight(x.dtype), bias, self.stride, 0, self.dilation, self.groups)
         if self.pre_triangle:
             u = triangle(u, 1.0)
         if self.training and self.plastic:
@@ -281,6 +309,7 @@ class HebbianLinear(HebbianLayer):
     """Linear layer trained by the same Hebbian rule, with competition across its outputs."""
 
     r1_tolerance = 5e-3
+    bias_rate = 1.0
 
     def __init__(
         self,
@@ -296,16 +325,19 @@ class HebbianLinear(HebbianLayer):
         delta: float = 0.1,  # hardkrotov only: the authors' MLP default
         rank: int = 3,
         lebesgue_p: float = 2.0,
+        bias: bool = False,
     ) -> None:
         _check(in_features > 0 and out_features > 0, f"in_features and out_features must be > 0, got {in_features} and {out_features}")
         super().__init__((out_features, in_features), 1, rule, t_invert, lr, lr_schedule, power_lr, radius, init,
-                         delta, rank, lebesgue_p)
+                         delta, rank, lebesgue_p, bias)
         self.in_features, self.out_features = in_features, out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check(x.dim() == 2 and x.shape[1] == self.in_features,  # the update sums over one batch dimension
                f"HebbianLinear expects (N, {self.in_features}) input (flatten first), got shape {tuple(x.shape)}")
         u = x @ self.synaptic_weight(x.dtype).t()
+        if self.bias is not None:
+            u = u + self.bias.to(x.dtype)
         if self.training and self.plastic:
             self._accumulate(x, u)
         return u

@@ -8,7 +8,7 @@ A preset is a list of hidden blocks plus a classifier head:
 Block fields (defaults in ``CONV_DEFAULTS`` / ``LINEAR_DEFAULTS``): ``type`` conv|linear,
 ``rule`` softhebb|soft|hard|hardkrotov|bp, ``out``, ``kernel``, ``stride``, ``padding``, ``dilation``,
 ``groups``, ``padding_mode``, ``t_invert``, ``lr``, ``lr_schedule`` radius|linear,
-``power_lr``, ``radius``, ``delta`` and ``rank`` (hardkrotov), ``lebesgue_p``, ``pre_triangle``, ``bn``, ``activation`` (``triangle_P``, ``relu``,
+``power_lr``, ``radius``, ``delta`` and ``rank`` (hardkrotov), ``lebesgue_p``, ``bias`` (plastic), ``pre_triangle``, ``bn``, ``activation`` (``triangle_P``, ``relu``,
 ``softmax_B`` or null) and ``pool`` (``max|avg_kernel_stride_padding`` or null).
 """
 
@@ -31,7 +31,7 @@ from .layers import PADDING_MODES, SCHEDULES, HebbianConv2d, HebbianLayer, Hebbi
 from .modules import AvgPool2d, ChannelSoftmax, Dropout, MaxPool2d, Power, Triangle
 from .plasticity import RULES
 
-HEBBIAN_FIELDS = ("rule", "t_invert", "lr", "lr_schedule", "power_lr", "radius", "delta", "rank", "lebesgue_p")
+HEBBIAN_FIELDS = ("rule", "t_invert", "lr", "lr_schedule", "power_lr", "radius", "delta", "rank", "lebesgue_p", "bias")
 
 
 def _defaults(layer: type, fields: tuple[str, ...]) -> dict[str, Any]:
@@ -161,13 +161,15 @@ def _check_block_values(name: str, i: int, b: dict) -> None:
             raise bad(field, f"an integer >= {low}")
     if b["rule"] not in (*RULES, "bp"):
         raise bad("rule", f"one of {(*RULES, 'bp')}")
+    if b.get("bias") and b["rule"] not in ("softhebb", "soft"):
+        raise bad("bias", "false with rule " + repr(b["rule"]) + " (a plastic bias needs the soft competition)")
     if b["rule"] == "hardkrotov" and b["rank"] > b["out"] // b.get("groups", 1):
         raise bad("rank", f"at most the {b['out'] // b.get('groups', 1)} neurons that compete (rule hardkrotov)")
     if b["lr_schedule"] not in SCHEDULES:
         raise bad("lr_schedule", f"one of {SCHEDULES}")
     if "padding_mode" in b and b["padding_mode"] not in PADDING_MODES:
         raise bad("padding_mode", f"one of {PADDING_MODES}")
-    for field in ("bn", "pre_triangle"):
+    for field in ("bn", "pre_triangle", "bias"):
         if field in b and not isinstance(b[field], bool):
             raise bad(field, "true or false")
     for field in ("activation", "pool"):

@@ -151,6 +151,18 @@ def synaptic_weight(weight: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     return weight.sign() * weight.abs().pow(p - 1)
 
 
+def bias_direction(bias: torch.Tensor, y_sum: torch.Tensor, count: torch.Tensor | float, t_invert: float) -> torch.Tensor:
+    """Δb / max|Δb| with Δb_k = (Σ y_k − M·e^{t·b_k}) / e^{t·b_k} (reference §1.6).
+
+    y is the softmax (the unsigned competition output) and M the number of competitions summed over
+    (batch × positions); b_k moves toward log(mean y_k)/t, the log-prior of neuron k winning, and the
+    uniform prior log(1/K)/t is its fixed point when every neuron wins equally often.
+    """
+    prior = torch.exp(t_invert * bias)
+    db = (y_sum - count * prior) / prior
+    return db / (db.abs().max() + NORM_EPS)
+
+
 def neuron_norms(weight: torch.Tensor, p: float = 2.0) -> torch.Tensor:
     """‖w_k‖_p of each neuron's flattened weight vector (the paper's "radius")."""
     return torch.linalg.vector_norm(weight.flatten(1), ord=p, dim=1)
