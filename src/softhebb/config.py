@@ -158,6 +158,10 @@ class RunConfig:
              "1 here: views are augmented copies of the probe's features, so they need probe augmentation "
              "(--probe-augment) and a Hebbian preset")
         feature_shapes(preset, DATASETS[self.dataset].shape)  # bad groups or too small an input → PresetError here
+        if preset["classifier"]["rule"] == "hebbian":
+            need(self.mode != "hybrid" and not self.probe_augmentation and True not in backprop, "mode",
+                 "successive or simultaneous, without probe augmentation, with a Hebbian preset: the supervised "
+                 "Hebbian classifier trains on features computed once")
         if self.mode == "hybrid":  # train_hybrid: images in memory, fp32, Hebbian blocks that learn
             need(self.dataset in IN_MEMORY and not self.probe_augmentation and self.precision == "fp32"
                  and self.hebb_epochs > 0 and self.probe_epochs > 0 and True not in backprop, "mode",

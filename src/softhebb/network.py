@@ -46,7 +46,8 @@ CONV_DEFAULTS: dict[str, Any] = dict(
     pool=None,
 )
 LINEAR_DEFAULTS: dict[str, Any] = dict(**_defaults(HebbianLinear, HEBBIAN_FIELDS), bn=False, activation=None)
-CLASSIFIER_DEFAULTS: dict[str, Any] = dict(dropout=0.5)
+# rule "hebbian": the authors' supervised Hebbian classifier (softhebb.hebb_classifier) with its lr₀ and initial radius
+CLASSIFIER_DEFAULTS: dict[str, Any] = dict(dropout=0.5, rule="bp", lr=0.045, radius=35.0)
 # A preset may name its own training protocol (e.g. the MNIST MLP's batch 32 and 10-epoch probe); these
 # replace the dataset's protocol where a run does not set them.
 PROTOCOL_FIELDS = ("hebb_batch", "probe_epochs", "probe_batch")
@@ -122,6 +123,14 @@ def resolve_preset(spec: dict) -> dict:
                           f"{sorted(set(head) - set(CLASSIFIER_DEFAULTS))}; allowed: {sorted(CLASSIFIER_DEFAULTS)}")
     if not isinstance(head["dropout"], (int, float)) or not 0 <= head["dropout"] < 1:
         raise PresetError(f"preset {spec.get('name', '?')!r} classifier: 'dropout' must be in [0, 1), got {head['dropout']!r}")
+    if head["rule"] not in ("bp", "hebbian"):
+        raise PresetError(f"preset {spec.get('name', '?')!r} classifier: 'rule' must be 'bp' (the linear probe) or "
+                          f"'hebbian' (the supervised Hebbian classifier), got {head['rule']!r}")
+    for field, low in (("lr", 0), ("radius", 0)):
+        v = head[field]
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= low:
+            raise PresetError(f"preset {spec.get('name', '?')!r} classifier: {field!r} must be a finite number > 0, "
+                              f"got {v!r}")
     protocol = spec.get("protocol", {})
     if not isinstance(protocol, dict) or set(protocol) - set(PROTOCOL_FIELDS):
         raise PresetError(f"preset {spec.get('name', '?')!r} protocol: expected an object with some of "

@@ -19,6 +19,7 @@ from . import __version__, _cpu, distributed
 from .baselines import calibrate_batchnorm, train_backprop
 from .config import IN_MEMORY, RunConfig, resolve_device
 from .data import DATASETS, load_dataset, random_subset, subset_indices
+from .hebb_classifier import train_hebbian_classifier
 from .features import PrefixCache, StreamedFeatures, extract_features, feature_views
 from .hebbian import NonFiniteError, hebbian_phase
 from .hybrid import train_hybrid
@@ -324,6 +325,13 @@ def _train(cfg: RunConfig, model: SoftHebbNet, data: _Data, rec: _Recorder, ckpt
     f_train, f_test = probe_features(model, cfg, rows(data.x_train), rows(data.x_test), data.workers, progress, cache)
     del cache  # the training features may be a view of its buffer, which they keep
     t_feat = time.perf_counter()
+    if model.preset["classifier"]["rule"] == "hebbian":
+        if par is not None:
+            raise RunError("the supervised Hebbian classifier runs in one process; start it without torchrun")
+        probe = train_hebbian_classifier(model, f_train, data.y_train, f_test, data.y_test, cfg.probe_epochs,
+                                         cfg.probe_batch, cfg.seed, cfg.eval_every, rec.log, progress)
+        return probe, {"start": t_start, "hebbian": t_hebb - t_start, "features": t_feat - t_hebb,
+                       "probe": time.perf_counter() - t_feat}
     probe = train_probe(model, f_train, rows(data.y_train), f_test, rows(data.y_test), cfg.probe_epochs, cfg.probe_batch,
                         cfg.probe_lr, cfg.seed, cfg.eval_every, rec.log, progress, checkpoint=rec.saver("probe", every),
                         start=_probe_start(ckpt, par), parallel=par)
