@@ -150,24 +150,29 @@ class HebbianLayer(nn.Module):
         self._yx = self._yu = self._ysum = self._count = None
         self.num_updates += 1
         # |step| ≤ rate, so a finite rate and Δw keep w finite; after a bad update the layer stays frozen.
-        ok = torch.isfinite(dmax).all() & torch.isfinite(rate).all() & (self.first_nonfinite_update < 0)
-        if db is not None:
-            ok &= torch.isfinite(db).all()
-        self.first_nonfinite_update.copy_(torch.where(ok | (self.first_nonfinite_update >= 0),
-                                                      self.first_nonfinite_update, self.num_updates))
         if self.weight.device.type == "cpu":  # reading a CPU flag costs nothing: refuse before the weights change
-            if not ok:
+            finite = (bool(torch.isfinite(dmax).all()) and bool(torch.isfinite(rate).all())
+                      and (db is None or bool(torch.isfinite(db).all())))
+            if not finite or int(self.first_nonfinite_update) >= 0:
+                if int(self.first_nonfinite_update) < 0:
+                    self.first_nonfinite_update.fill_(int(self.num_updates))
                 raise NonFiniteError(f"{type(self).__name__} ({self.rule_repr()}): update {int(self.num_updates)} is "
                                      "not finite (NaN or Inf in Σỹx, Σỹu or the rate); the weights are left unchanged")
             P.apply_direction_(self.weight, dw, dmax, rate, self.groups)
             if db is not None:
                 self.bias.add_(rate * db, alpha=self.bias_rate / self.t_invert)
-        else:  # reading it would sync with the GPU every batch: the update is skipped on the device instead, and
-            # the training loop reads first_nonfinite_update at checkpoints and epoch ends
-            P.apply_direction_(self.weight, dw.nan_to_num_(0.0, 0.0, 0.0), torch.where(ok, dmax, 1.0),
-                               torch.where(ok, rate, 0.0), self.groups)
-            if db is not None:
-                self.bias.add_(torch.where(ok, rate, 0.0) * db.nan_to_num_(0.0, 0.0, 0.0), alpha=self.bias_rate / self.t_invert)
+            return True
+        # on a GPU reading the flag would sync every batch: the update is skipped on the device instead, and the
+        # training loop reads first_nonfinite_update at checkpoints and epoch ends
+        ok = torch.isfinite(dmax).all() & torch.isfinite(rate).all() & (self.first_nonfinite_update < 0)
+        if db is not None:
+            ok &= torch.isfinite(db).all()
+        self.first_nonfinite_update.copy_(torch.where(ok | (self.first_nonfinite_update >= 0),
+                                                      self.first_nonfinite_update, self.num_updates))
+        P.apply_direction_(self.weight, dw.nan_to_num_(0.0, 0.0, 0.0), torch.where(ok, dmax, 1.0),
+                           torch.where(ok, rate, 0.0), self.groups)
+        if db is not None:
+            self.bias.add_(torch.where(ok, rate, 0.0) * db.nan_to_num_(0.0, 0.0, 0.0), alpha=self.bias_rate / self.t_invert)
         return True
 
     def zero_pending(self) -> None:
