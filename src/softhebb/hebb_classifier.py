@@ -34,6 +34,7 @@ def train_hebbian_classifier(model: SoftHebbNet, train_features: torch.Tensor, t
     gen = torch.Generator().manual_seed(seed)
     weight = P.init_weight((k, model.num_features), head["radius"], "uniform", gen).to(device)
     total_steps = epochs * n / batch_size  # the authors' δ = lr₀·(B/N)/E per update
+    lr0 = torch.full((k,), float(head["lr"]), device=device)
     step, result = 0, {}
     for epoch in range(1, epochs + 1):
         correct = 0
@@ -44,7 +45,7 @@ def train_hebbian_classifier(model: SoftHebbNet, train_features: torch.Tensor, t
                 u = x @ weight.t()
                 correct += int((u.argmax(1) == labels).sum())
                 yx, yu = P.hebbian_terms_linear(x, F.one_hot(labels, k).to(x.dtype), u)
-                rate = P.linear_decay_rate(torch.full((k,), head["lr"], device=device), step, total_steps)
+                rate = P.linear_decay_rate(lr0, step, total_steps)
                 P.apply_update_(weight, yx, yu, rate.to(weight.dtype))
                 step += 1
                 bar.update(len(idx))

@@ -122,7 +122,7 @@ class HebbianLayer(nn.Module):
         if self.bias is not None:  # |ỹ| is the softmax for both soft rules (softhebb only flips the losers' sign)
             dims = (0, *range(2, y.dim()))
             ysum = y.abs().sum(dim=dims).to(self.weight.dtype)
-            count = torch.tensor(float(y.numel() // y.shape[1]), device=y.device, dtype=self.weight.dtype)
+            count = torch.full((), float(y.numel() // y.shape[1]), device=y.device, dtype=self.weight.dtype)  # no host copy
             self._ysum = ysum if self._ysum is None else self._ysum + ysum
             self._count = count if self._count is None else self._count + count
         per_group = self.weight.shape[0] // self.groups

@@ -126,9 +126,9 @@ def resolve_preset(spec: dict) -> dict:
     if head["rule"] not in ("bp", "hebbian"):
         raise PresetError(f"preset {spec.get('name', '?')!r} classifier: 'rule' must be 'bp' (the linear probe) or "
                           f"'hebbian' (the supervised Hebbian classifier), got {head['rule']!r}")
-    for field, low in (("lr", 0), ("radius", 0)):
+    for field in ("lr", "radius"):
         v = head[field]
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= low:
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
             raise PresetError(f"preset {spec.get('name', '?')!r} classifier: {field!r} must be a finite number > 0, "
                               f"got {v!r}")
     protocol = spec.get("protocol", {})

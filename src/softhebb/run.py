@@ -298,6 +298,9 @@ def _train(cfg: RunConfig, model: SoftHebbNet, data: _Data, rec: _Recorder, ckpt
            progress: bool, par: distributed.Parallel | None) -> tuple[dict, dict[str, float]]:
     """The run's training, by method; returns the probe's result and the wall times of its phases."""
     t_start = time.perf_counter()
+    hebbian_head = model.preset["classifier"]["rule"] == "hebbian"
+    if hebbian_head and par is not None:  # before the Hebbian phase, not after it
+        raise RunError("the supervised Hebbian classifier runs in one process; start it without torchrun")
     if cfg.backprop:  # no Hebbian phase and no cached features: every layer learns from the labels
         probe = train_backprop(model, data.x_train, data.y_train, data.x_test, data.y_test, cfg.bp_mode, cfg.probe_epochs,
                                cfg.probe_batch, cfg.probe_lr, cfg.seed, augment=cfg.probe_augmentation,
@@ -325,16 +328,13 @@ def _train(cfg: RunConfig, model: SoftHebbNet, data: _Data, rec: _Recorder, ckpt
     f_train, f_test = probe_features(model, cfg, rows(data.x_train), rows(data.x_test), data.workers, progress, cache)
     del cache  # the training features may be a view of its buffer, which they keep
     t_feat = time.perf_counter()
-    if model.preset["classifier"]["rule"] == "hebbian":
-        if par is not None:
-            raise RunError("the supervised Hebbian classifier runs in one process; start it without torchrun")
+    if hebbian_head:
         probe = train_hebbian_classifier(model, f_train, data.y_train, f_test, data.y_test, cfg.probe_epochs,
                                          cfg.probe_batch, cfg.seed, cfg.eval_every, rec.log, progress)
-        return probe, {"start": t_start, "hebbian": t_hebb - t_start, "features": t_feat - t_hebb,
-                       "probe": time.perf_counter() - t_feat}
-    probe = train_probe(model, f_train, rows(data.y_train), f_test, rows(data.y_test), cfg.probe_epochs, cfg.probe_batch,
-                        cfg.probe_lr, cfg.seed, cfg.eval_every, rec.log, progress, checkpoint=rec.saver("probe", every),
-                        start=_probe_start(ckpt, par), parallel=par)
+    else:
+        probe = train_probe(model, f_train, rows(data.y_train), f_test, rows(data.y_test), cfg.probe_epochs,
+                            cfg.probe_batch, cfg.probe_lr, cfg.seed, cfg.eval_every, rec.log, progress,
+                            checkpoint=rec.saver("probe", every), start=_probe_start(ckpt, par), parallel=par)
     if not probe:  # no probe epochs: report the untrained head so the run still has a result
         test = evaluate(model, f_test, rows(data.y_test), parallel=par)
         probe = {"test_acc": test["acc"], "test_loss": test["loss"]}
