@@ -1,13 +1,12 @@
 """Presets build the paper's architectures (reference §3.2–3.3)."""
 
-import math
 
 import pytest
 import torch
 
 from softhebb.layers import HebbianConv2d, HebbianLinear
 from softhebb.modules import AvgPool2d, MaxPool2d, Triangle
-from softhebb.network import PresetError, build_model, feature_shapes, get_preset, list_presets
+from softhebb.network import PresetError, build_model, feature_shapes, get_preset, list_presets, probe_inputs
 
 CIFAR, STL, IMNET, MNIST = (3, 32, 32), (3, 96, 96), (3, 160, 160), (1, 28, 28)
 
@@ -21,13 +20,34 @@ CLASSIFIER_INPUTS = [
     ("5SoftHebbCnnSTL", MNIST, 6144), ("3SoftHebbCnnCIFAR_wf2", CIFAR, 12288), ("3SoftHebbCnnCIFAR_wf1", CIFAR, 6144),
     ("4SoftHebbCnnCIFAR_wf2", CIFAR, 6144), ("4SoftHebbCnnCIFAR_wf1", CIFAR, 1536),
     ("4SoftHebbCnnCIFAR_halfNeurons", CIFAR, 12288), ("4SoftHebbCnnCIFAR_doubleNeurons", CIFAR, 49152),
-    ("4SoftHebbCnnCIFAR_quarterNeurons", CIFAR, 6144), ("2SoftMlpMNIST", MNIST, 2000), ("SoftHebbCnnMNIST", MNIST, 13824), ("SoftHebbCnnMNIST_2layer", MNIST, 18816),
+    ("4SoftHebbCnnCIFAR_quarterNeurons", CIFAR, 6144), ("4SoftHebbCnnCIFAR_concat", CIFAR, 30720), ("2SoftMlpMNIST", MNIST, 2000), ("SoftHebbCnnMNIST", MNIST, 13824), ("SoftHebbCnnMNIST_2layer", MNIST, 18816),
 ]
 
 
 @pytest.mark.parametrize("name,shape,n", CLASSIFIER_INPUTS)
 def test_classifier_input_sizes(name, shape, n):
-    assert math.prod(feature_shapes(get_preset(name), shape)[-1]) == n
+    assert sum(k for _, k in probe_inputs(get_preset(name), shape)) == n
+    assert build_model(name, shape, 10).classifier.in_features == n
+
+
+def test_probe_grid_concatenates_pooled_hidden_blocks_before_the_last_one():
+    spec = {"blocks": [{"type": "conv", "out": 6, "kernel": 3, "padding": 1, "activation": "triangle_1", "pool": "max_2_2_0",
+                        "probe_grid": 2},
+                       {"type": "conv", "out": 5, "kernel": 3, "activation": "triangle_1", "probe_grid": 3},
+                       {"type": "conv", "out": 4, "kernel": 3, "pool": "avg_2_2_0"}]}
+    model = build_model(spec, (3, 12, 12), 10, seed=0).eval()
+    assert probe_inputs(model.preset, (3, 12, 12)) == [(0, 6 * 4), (1, 5 * 9), (2, 4)]
+    x = torch.rand(3, 3, 12, 12)
+    h0 = model.blocks[0](x)
+    h1 = model.blocks[1](h0)
+    h2 = model.blocks[2](h1)
+    # by hand: h0 is 6×6, its 2×2 map averages 3×3 windows; h1 is 4×4 and adaptive 3×3 pooling overlaps its windows
+    by_hand0 = torch.stack([h0[:, :, 3 * i:3 * i + 3, 3 * j:3 * j + 3].mean((2, 3)) for i in range(2) for j in range(2)], 2)
+    by_hand1 = torch.stack([h1[:, :, i:i + 2, j:j + 2].mean((2, 3)) for i in range(3) for j in range(3)], 2)
+    expected = torch.cat([by_hand0.flatten(1), by_hand1.flatten(1), h2.flatten(1)], 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model.readout(x), expected)
+        torch.testing.assert_close(model(x), model.classifier(expected))  # eval: dropout is the identity
 
 
 def test_every_preset_resolves_and_all_paper_families_exist():
@@ -100,6 +120,10 @@ def test_same_seed_same_weights():
     ({"blocks": [{"type": "conv", "out": 4, "activation": "gelu"}]}, "activation must be"),
     ({"blocks": [{"type": "conv", "out": 4}], "classifier": {"dropuot": 0.5}}, "unknown field"),
     ({"blocks": [{"type": "conv", "out": 4}], "classifier": {"dropout": 1.0}}, "'dropout' must be in"),
+    ({"blocks": [{"type": "conv", "out": 4, "probe_grid": 0}, {"type": "conv", "out": 4}]}, "'probe_grid' must be"),
+    ({"blocks": [{"type": "conv", "out": 4, "probe_grid": True}, {"type": "conv", "out": 4}]}, "'probe_grid' must be"),
+    ({"blocks": [{"type": "conv", "out": 4, "probe_grid": 2}]}, "'probe_grid' is for hidden blocks before the last"),
+    ({"blocks": [{"type": "conv", "out": 4}, {"type": "linear", "out": 4, "probe_grid": 2}]}, "unknown field"),
 ])
 def test_bad_presets_give_clear_errors(spec, match):
     with pytest.raises(PresetError, match=match):

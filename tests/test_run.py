@@ -198,3 +198,14 @@ def test_cuda_request_without_cuda_is_clear():
     from softhebb.run import resolve_device
     with pytest.raises(RunError, match="CUDA is not available"):
         resolve_device("cuda")
+
+
+def test_a_probe_grid_preset_trains_saves_and_evaluates_to_the_same_accuracy(data_root, tmp_path):
+    """The multi-block readout through the whole pipeline: features without the prefix cache, the wider classifier
+    saved and loaded, and `eval` recomputing the same features."""
+    out = tmp_path / "concat"
+    res = run(RunConfig(preset="4SoftHebbCnnCIFAR_concat", dataset="mnist", train_limit=200, test_limit=100,
+                        probe_epochs=1), out, data_root, progress=False, echo=False)
+    model, _ = load_run(out)
+    assert model.num_features == 384 * 16 + 1536 * 3 * 3
+    assert evaluate_run(out, data_dir=data_root, limit=100)["test_acc"] == pytest.approx(res["test_acc"])

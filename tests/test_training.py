@@ -233,3 +233,20 @@ def test_no_prefix_cache_where_it_cannot_apply():
     one = {"name": "one", "blocks": TINY["blocks"][:1]}
     assert hebbian_phase(build_model(one, (3, 12, 12), 10, seed=0), x, progress=False) is None  # no prefix at all
     assert hebbian_phase(build_model(THREE, (3, 12, 12), 10, seed=0), x, progress=False, augment=True) is None
+
+
+def test_features_of_a_probe_grid_model_read_every_tapped_block_with_or_without_the_prefix_cache():
+    """The cache holds only the last block's input, so a model whose classifier also reads block 0 (``probe_grid``)
+    computes its features from the images; they must be what ``readout`` gives, batch by batch."""
+    spec = {**TINY, "blocks": [{**TINY["blocks"][0], "probe_grid": 2}, TINY["blocks"][1]]}
+    x = images(70)
+    model = build_model(spec, (3, 12, 12), 10, seed=0)
+    cache = hebbian_phase(model, x, batch_size=10, seed=1, progress=False)
+    assert cache is not None
+    got = extract_features(model, x, cache=cache)
+    assert got.shape == (70, 8 * 2 * 2 + 16 * 3 * 3) == (70, model.num_features)
+    with torch.no_grad():
+        want = torch.cat([model.readout(x[s:s + 25].float() / 255) for s in range(0, 70, 25)])
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # layouts differ: the last bits may
+    torch.testing.assert_close(got[:, :32], torch.nn.functional.adaptive_avg_pool2d(
+        model.features(x.float() / 255, 1), 2).flatten(1), rtol=1e-5, atol=1e-5)

@@ -59,7 +59,7 @@ def train_hybrid(
             for idx in index_batches(torch.randperm(n, generator=gen), batch_size):
                 x, y = load_batch(images, idx, device), labels[idx.to(labels.device)]
                 with torch.no_grad():
-                    features = model.features(x)  # the Hebbian layers accumulate their Σỹx, Σỹu here
+                    features = model.readout(x)  # the Hebbian layers accumulate their Σỹx, Σỹu here
                 logits = model.head(features)
                 loss = F.cross_entropy(logits, y)
                 opt.zero_grad(set_to_none=True)

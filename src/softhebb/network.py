@@ -9,7 +9,8 @@ Block fields (defaults in ``CONV_DEFAULTS`` / ``LINEAR_DEFAULTS``): ``type`` con
 ``rule`` softhebb|soft|hard|hardkrotov|bp, ``out``, ``kernel``, ``stride``, ``padding``, ``dilation``,
 ``groups``, ``padding_mode``, ``t_invert``, ``lr``, ``lr_schedule`` radius|linear,
 ``power_lr``, ``radius``, ``delta`` and ``rank`` (hardkrotov), ``lebesgue_p``, ``bias`` (plastic), ``pre_triangle``, ``bn``, ``activation`` (``triangle_P``, ``relu``,
-``softmax_B`` or null) and ``pool`` (``max|avg_kernel_stride_padding`` or null).
+``softmax_B`` or null), ``pool`` (``max|avg_kernel_stride_padding`` or null) and ``probe_grid`` (N or null: a
+hidden block's output, average-pooled to an N×N map, is fed to the classifier as well as the last block's).
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ import math
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .layers import PADDING_MODES, SCHEDULES, HebbianConv2d, HebbianLayer, HebbianLinear
 from .modules import AvgPool2d, ChannelSoftmax, Dropout, MaxPool2d, Power, Triangle
@@ -43,7 +45,7 @@ def _defaults(layer: type, fields: tuple[str, ...]) -> dict[str, Any]:
 _CONV = _defaults(HebbianConv2d, ("padding_mode", *HEBBIAN_FIELDS, "pre_triangle"))
 CONV_DEFAULTS: dict[str, Any] = dict(
     rule=_CONV.pop("rule"), kernel=3, stride=1, padding=0, dilation=1, groups=1, **_CONV, bn=True, activation=None,
-    pool=None,
+    pool=None, probe_grid=None,
 )
 LINEAR_DEFAULTS: dict[str, Any] = dict(**_defaults(HebbianLinear, HEBBIAN_FIELDS), bn=False, activation=None)
 # rule "hebbian": the authors' supervised Hebbian classifier (softhebb.hebb_classifier) with its lr₀ and initial radius
@@ -117,6 +119,9 @@ def resolve_preset(spec: dict) -> dict:
             raise PresetError(f"preset {spec.get('name', '?')!r} block {i}: 'out' must be a positive int, got {b.get('out')!r}")
         blocks.append({**defaults, **b})
         _check_block_values(spec.get("name", "?"), i, blocks[-1])
+    if blocks and blocks[-1].get("probe_grid") is not None:
+        raise PresetError(f"preset {spec.get('name', '?')!r} block {len(blocks) - 1}: 'probe_grid' is for hidden blocks "
+                          "before the last; the last block's whole output always feeds the classifier")
     head = {**CLASSIFIER_DEFAULTS, **spec.get("classifier", {})}
     if set(head) != set(CLASSIFIER_DEFAULTS):
         raise PresetError(f"preset {spec.get('name', '?')!r} classifier: unknown field(s) "
@@ -165,6 +170,9 @@ def _check_block_values(name: str, i: int, b: dict) -> None:
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and (v >= low if inclusive else v > low)
         if not ok:
             raise bad(field, f"a finite number {'>=' if inclusive else '>'} {low} ({meaning})")
+    if b.get("probe_grid") is not None and (not isinstance(b["probe_grid"], int) or isinstance(b["probe_grid"], bool)
+                                            or b["probe_grid"] < 1):
+        raise bad("probe_grid", "null or an integer >= 1 (the side of the pooled map the classifier also reads)")
     for field, low in _INTS.items():
         if field in b and (not isinstance(b[field], int) or isinstance(b[field], bool) or b[field] < low):
             raise bad(field, f"an integer >= {low}")
@@ -249,7 +257,7 @@ def block_output_shape(block: dict, in_shape: tuple[int, ...]) -> tuple[int, ...
 
 
 def feature_shapes(preset: dict, in_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """Output shape of every hidden block; the last one's product is the classifier input size."""
+    """Output shape of every hidden block (see ``probe_inputs`` for what the classifier reads)."""
     shapes, shape = [], tuple(in_shape)
     for i, b in enumerate(preset["blocks"]):
         try:
@@ -258,6 +266,16 @@ def feature_shapes(preset: dict, in_shape: tuple[int, ...]) -> list[tuple[int, .
             raise PresetError(f"preset {preset.get('name', '?')!r} on input {tuple(in_shape)}, block {i}: {e}") from None
         shapes.append(shape)
     return shapes
+
+
+def probe_inputs(preset: dict, in_shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(block index, feature count) of every block the classifier reads, in the order they are concatenated: the
+    blocks with a ``probe_grid`` (channels × grid²), then the last block (its whole output)."""
+    shapes = feature_shapes(preset, in_shape)
+    if not shapes:
+        return [(-1, math.prod(in_shape))]
+    taps = [(i, shapes[i][0] * b["probe_grid"] ** 2) for i, b in enumerate(preset["blocks"]) if b.get("probe_grid")]
+    return taps + [(len(shapes) - 1, math.prod(shapes[-1]))]
 
 
 class Block(nn.Module):
@@ -315,9 +333,8 @@ class SoftHebbNet(nn.Module):
         shapes = feature_shapes(preset, in_shape)
         self.blocks = nn.ModuleList(Block(b, s) for b, s in zip(preset["blocks"], [tuple(in_shape)] + shapes[:-1]))
         self.feature_shape = shapes[-1] if shapes else tuple(in_shape)
-        n_features = 1
-        for s in self.feature_shape:
-            n_features *= s
+        self.probe_grids = {i: b["probe_grid"] for i, b in enumerate(preset["blocks"]) if b.get("probe_grid")}
+        n_features = sum(n for _, n in probe_inputs(preset, in_shape))
         self.dropout = Dropout(preset["classifier"]["dropout"])
         self.classifier = nn.Linear(n_features, num_classes)
 
@@ -339,11 +356,22 @@ class SoftHebbNet(nn.Module):
             x = block(x)
         return x
 
+    def readout(self, x: torch.Tensor, apply: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
+                ) -> torch.Tensor:
+        """What the classifier reads, flattened: the blocks' ``probe_grid`` maps, then the last block's output.
+        ``apply(block, x)`` runs one block (default ``block(x)``; feature extraction picks memory layouts)."""
+        parts = []
+        for i, block in enumerate(self.blocks):
+            x = block(x) if apply is None else apply(block, x)
+            if i in self.probe_grids:
+                parts.append(F.adaptive_avg_pool2d(x, self.probe_grids[i]).flatten(1))
+        return torch.cat([*parts, x.flatten(1)], 1) if parts else x.flatten(1)
+
     def head(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(features.flatten(1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.head(self.readout(x))
 
 
 def build_model(preset: str | dict, in_shape: tuple[int, int, int], num_classes: int, seed: int | None = None) -> SoftHebbNet:
