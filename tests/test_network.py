@@ -20,7 +20,7 @@ CLASSIFIER_INPUTS = [
     ("5SoftHebbCnnSTL", MNIST, 6144), ("3SoftHebbCnnCIFAR_wf2", CIFAR, 12288), ("3SoftHebbCnnCIFAR_wf1", CIFAR, 6144),
     ("4SoftHebbCnnCIFAR_wf2", CIFAR, 6144), ("4SoftHebbCnnCIFAR_wf1", CIFAR, 1536),
     ("4SoftHebbCnnCIFAR_halfNeurons", CIFAR, 12288), ("4SoftHebbCnnCIFAR_doubleNeurons", CIFAR, 49152),
-    ("4SoftHebbCnnCIFAR_quarterNeurons", CIFAR, 6144), ("4SoftHebbCnnCIFAR_concat", CIFAR, 30720), ("2SoftMlpMNIST", MNIST, 2000), ("SoftHebbCnnMNIST", MNIST, 13824), ("SoftHebbCnnMNIST_2layer", MNIST, 18816),
+    ("4SoftHebbCnnCIFAR_quarterNeurons", CIFAR, 6144), ("4SoftHebbCnnCIFAR_concat", CIFAR, 30720), ("4SoftHebbCnnCIFAR_mirror", CIFAR, 24576), ("2SoftMlpMNIST", MNIST, 2000), ("SoftHebbCnnMNIST", MNIST, 13824), ("SoftHebbCnnMNIST_2layer", MNIST, 18816),
 ]
 
 
@@ -48,6 +48,30 @@ def test_probe_grid_concatenates_pooled_hidden_blocks_before_the_last_one():
     with torch.no_grad():
         torch.testing.assert_close(model.readout(x), expected)
         torch.testing.assert_close(model(x), model.classifier(expected))  # eval: dropout is the identity
+
+
+def test_mirror_reads_the_mean_of_the_features_of_the_image_and_its_mirror():
+    spec = {"blocks": [{"type": "conv", "out": 6, "kernel": 3, "padding": 1, "activation": "triangle_1", "pool": "max_2_2_0",
+                        "probe_grid": 2},
+                       {"type": "conv", "out": 4, "kernel": 3, "pool": "avg_2_2_0"}], "classifier": {"mirror": True}}
+    model = build_model(spec, (3, 12, 12), 10, seed=0).eval()
+    plain = build_model({**spec, "classifier": {}}, (3, 12, 12), 10, seed=0).eval()
+    assert model.mirror and not plain.mirror and model.num_features == plain.num_features
+    x = torch.rand(3, 3, 12, 12)
+    mirrored = x[..., torch.arange(11, -1, -1)]  # column j of the mirror is column 11 - j of the image
+    with torch.no_grad():
+        expected = (plain.readout(x) + plain.readout(mirrored)) / 2
+        assert not torch.allclose(plain.readout(x), plain.readout(mirrored))  # the mirror is another image here
+        torch.testing.assert_close(model.readout(x), expected)
+        torch.testing.assert_close(model(x), model.classifier(expected))
+
+
+def test_the_mirror_and_concat_presets_learn_the_weights_of_the_paper_preset():
+    """They change what the classifier reads, not the Hebbian network: same initial weights for the same seed."""
+    paper = build_model("4SoftHebbCnnCIFAR", CIFAR, 10, seed=3).blocks.state_dict()
+    for name in ("4SoftHebbCnnCIFAR_mirror", "4SoftHebbCnnCIFAR_concat"):
+        ours = build_model(name, CIFAR, 10, seed=3).blocks.state_dict()
+        assert ours.keys() == paper.keys() and all(torch.equal(ours[k], paper[k]) for k in paper)
 
 
 def test_every_preset_resolves_and_all_paper_families_exist():
@@ -120,6 +144,7 @@ def test_same_seed_same_weights():
     ({"blocks": [{"type": "conv", "out": 4, "activation": "gelu"}]}, "activation must be"),
     ({"blocks": [{"type": "conv", "out": 4}], "classifier": {"dropuot": 0.5}}, "unknown field"),
     ({"blocks": [{"type": "conv", "out": 4}], "classifier": {"dropout": 1.0}}, "'dropout' must be in"),
+    ({"blocks": [{"type": "conv", "out": 4}], "classifier": {"mirror": 1}}, "'mirror' must be true or false"),
     ({"blocks": [{"type": "conv", "out": 4, "probe_grid": 0}, {"type": "conv", "out": 4}]}, "'probe_grid' must be"),
     ({"blocks": [{"type": "conv", "out": 4, "probe_grid": True}, {"type": "conv", "out": 4}]}, "'probe_grid' must be"),
     ({"blocks": [{"type": "conv", "out": 4, "probe_grid": 2}]}, "'probe_grid' is for hidden blocks before the last"),

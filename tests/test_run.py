@@ -200,6 +200,21 @@ def test_cuda_request_without_cuda_is_clear():
         resolve_device("cuda")
 
 
+def test_a_mirror_preset_trains_saves_and_evaluates_to_the_same_accuracy(data_root, tmp_path):
+    out = tmp_path / "mirror"
+    res = run(RunConfig(preset="4SoftHebbCnnCIFAR_mirror", dataset="mnist", train_limit=200, test_limit=100,
+                        probe_epochs=1), out, data_root, progress=False, echo=False)
+    model, _ = load_run(out)
+    assert model.mirror
+    assert evaluate_run(out, data_dir=data_root, limit=100)["test_acc"] == pytest.approx(res["test_acc"])
+
+
+def test_hybrid_mode_refuses_a_mirrored_classifier():
+    """Hybrid mode's Hebbian layers learn from the classifier's forward pass, which would then see the mirrors too."""
+    with pytest.raises(RunError, match="without a mirrored classifier"):
+        RunConfig(preset="4SoftHebbCnnCIFAR_mirror", mode="hybrid")
+
+
 def test_a_probe_grid_preset_trains_saves_and_evaluates_to_the_same_accuracy(data_root, tmp_path):
     """The multi-block readout through the whole pipeline: features without the prefix cache, the wider classifier
     saved and loaded, and `eval` recomputing the same features."""

@@ -250,3 +250,17 @@ def test_features_of_a_probe_grid_model_read_every_tapped_block_with_or_without_
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # layouts differ: the last bits may
     torch.testing.assert_close(got[:, :32], torch.nn.functional.adaptive_avg_pool2d(
         model.features(x.float() / 255, 1), 2).flatten(1), rtol=1e-5, atol=1e-5)
+
+
+def test_features_of_a_mirror_model_are_computed_from_the_images_not_the_prefix_cache():
+    """The cache holds the prefix outputs of the images only; a mirrored readout also needs those of the mirrors."""
+    spec = {**TINY, "classifier": {"mirror": True}}
+    x = images(70)
+    model = build_model(spec, (3, 12, 12), 10, seed=0)
+    cache = hebbian_phase(model, x, batch_size=10, seed=1, progress=False)
+    assert cache is not None
+    got = extract_features(model, x, cache=cache)
+    with torch.no_grad():
+        xf = x.float() / 255
+        want = (model.features(xf).flatten(1) + model.features(xf.flip(-1)).flatten(1)) / 2
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)  # layouts differ: the last bits may

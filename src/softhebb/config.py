@@ -162,12 +162,13 @@ class RunConfig:
             need(self.mode != "hybrid" and not self.probe_augmentation and True not in backprop, "mode",
                  "successive or simultaneous, without probe augmentation, with a Hebbian preset: the supervised "
                  "Hebbian classifier trains on features computed once")
-        if self.mode == "hybrid":  # train_hybrid: images in memory, fp32, Hebbian blocks that learn
+        if self.mode == "hybrid":  # train_hybrid: images in memory, fp32, Hebbian blocks that learn from them alone
             need(self.dataset in IN_MEMORY and not self.probe_augmentation and self.precision == "fp32"
-                 and self.hebb_epochs > 0 and self.probe_epochs > 0 and True not in backprop, "mode",
+                 and self.hebb_epochs > 0 and self.probe_epochs > 0 and True not in backprop
+                 and not preset["classifier"]["mirror"], "mode",
                  f"successive or simultaneous for this run: hybrid needs an in-memory dataset ({', '.join(IN_MEMORY)}), "
-                 "no probe augmentation, fp32, a Hebbian preset, hebb_epochs > 0 and probe_epochs > 0 (it runs "
-                 "probe_epochs epochs at probe_batch)")
+                 "no probe augmentation, fp32, a Hebbian preset without a mirrored classifier, hebb_epochs > 0 and "
+                 "probe_epochs > 0 (it runs probe_epochs epochs at probe_batch)")
 
     @property
     def protocol(self) -> Protocol:

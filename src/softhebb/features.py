@@ -106,10 +106,11 @@ def extract_features(model: SoftHebbNet, images: Images, batch_size: int | None 
     ``precision="bf16"`` computes them under bf16 autocast; they are stored as ``dtype``. ``cache``: the
     ``PrefixCache`` of ``images`` that ``hebbian_phase`` returned; only the blocks after it run, in its buffer
     (which then holds the features: a view of it is returned). A model whose classifier also reads hidden blocks
-    (``probe_grid``) computes them from the images: the cache keeps only the last prefix.
+    (``probe_grid``) or mirrored images (``mirror``) computes them from the images: the cache keeps only the last
+    prefix of the images as they are.
     """
     model.eval()
-    if cache is not None and not model.probe_grids:
+    if cache is not None and model.reads_last_block_only:
         if cache.images is not images:
             raise ValueError("the prefix cache holds other images than those whose features are asked for")
         with progress_bar(len(images), "features", progress) as bar:  # one advance: the bar just marks the step
@@ -130,7 +131,7 @@ def extract_features(model: SoftHebbNet, images: Images, batch_size: int | None 
 
 def features_of(model: SoftHebbNet, x: torch.Tensor) -> torch.Tensor:
     """What the classifier reads (``SoftHebbNet.readout``), through ``frozen_forward``'s layouts."""
-    if not model.probe_grids:
+    if model.reads_last_block_only:
         return frozen_forward(model.blocks, x).flatten(1)
     return model.readout(x, lambda block, h: frozen_forward([block], h))
 

@@ -11,6 +11,8 @@ Block fields (defaults in ``CONV_DEFAULTS`` / ``LINEAR_DEFAULTS``): ``type`` con
 ``power_lr``, ``radius``, ``delta`` and ``rank`` (hardkrotov), ``lebesgue_p``, ``bias`` (plastic), ``pre_triangle``, ``bn``, ``activation`` (``triangle_P``, ``relu``,
 ``softmax_B`` or null), ``pool`` (``max|avg_kernel_stride_padding`` or null) and ``probe_grid`` (N or null: a
 hidden block's output, average-pooled to an N×N map, is fed to the classifier as well as the last block's).
+Classifier fields (``CLASSIFIER_DEFAULTS``): ``dropout``, ``rule`` bp|hebbian, ``lr`` and ``radius`` (hebbian) and
+``mirror`` (read the mean of the features of the image and of its left-right mirror).
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ CONV_DEFAULTS: dict[str, Any] = dict(
 )
 LINEAR_DEFAULTS: dict[str, Any] = dict(**_defaults(HebbianLinear, HEBBIAN_FIELDS), bn=False, activation=None)
 # rule "hebbian": the authors' supervised Hebbian classifier (softhebb.hebb_classifier) with its lr₀ and initial radius
-CLASSIFIER_DEFAULTS: dict[str, Any] = dict(dropout=0.5, rule="bp", lr=0.045, radius=35.0)
+# mirror: the classifier reads the mean of the features of an image and of its left-right mirror (SoftHebbNet.readout)
+CLASSIFIER_DEFAULTS: dict[str, Any] = dict(dropout=0.5, rule="bp", lr=0.045, radius=35.0, mirror=False)
 # A preset may name its own training protocol (e.g. the MNIST MLP's batch 32 and 10-epoch probe); these
 # replace the dataset's protocol where a run does not set them.
 PROTOCOL_FIELDS = ("hebb_batch", "probe_epochs", "probe_batch")
@@ -131,6 +134,9 @@ def resolve_preset(spec: dict) -> dict:
     if head["rule"] not in ("bp", "hebbian"):
         raise PresetError(f"preset {spec.get('name', '?')!r} classifier: 'rule' must be 'bp' (the linear probe) or "
                           f"'hebbian' (the supervised Hebbian classifier), got {head['rule']!r}")
+    if not isinstance(head["mirror"], bool):
+        raise PresetError(f"preset {spec.get('name', '?')!r} classifier: 'mirror' must be true or false, "
+                          f"got {head['mirror']!r}")
     for field in ("lr", "radius"):
         v = head[field]
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
@@ -334,6 +340,7 @@ class SoftHebbNet(nn.Module):
         self.blocks = nn.ModuleList(Block(b, s) for b, s in zip(preset["blocks"], [tuple(in_shape)] + shapes[:-1]))
         self.feature_shape = shapes[-1] if shapes else tuple(in_shape)
         self.probe_grids = {i: b["probe_grid"] for i, b in enumerate(preset["blocks"]) if b.get("probe_grid")}
+        self.mirror = preset["classifier"]["mirror"]
         n_features = sum(n for _, n in probe_inputs(preset, in_shape))
         self.dropout = Dropout(preset["classifier"]["dropout"])
         self.classifier = nn.Linear(n_features, num_classes)
@@ -358,8 +365,20 @@ class SoftHebbNet(nn.Module):
 
     def readout(self, x: torch.Tensor, apply: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
                 ) -> torch.Tensor:
-        """What the classifier reads, flattened: the blocks' ``probe_grid`` maps, then the last block's output.
+        """What the classifier reads, flattened: the blocks' ``probe_grid`` maps, then the last block's output;
+        with ``mirror``, the mean of those of ``x`` and of ``x`` mirrored left-right (a fixed, label-free feature map:
+        the classes of natural images do not change in a mirror, so the probe need not learn both orientations).
         ``apply(block, x)`` runs one block (default ``block(x)``; feature extraction picks memory layouts)."""
+        if self.mirror:
+            return self._read(x, apply).add_(self._read(x.flip(-1), apply)).mul_(0.5)
+        return self._read(x, apply)
+
+    @property
+    def reads_last_block_only(self) -> bool:
+        """Whether the classifier reads just the last block's output of ``x`` (no ``probe_grid``, no ``mirror``)."""
+        return not self.probe_grids and not self.mirror
+
+    def _read(self, x: torch.Tensor, apply: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None) -> torch.Tensor:
         parts = []
         for i, block in enumerate(self.blocks):
             x = block(x) if apply is None else apply(block, x)

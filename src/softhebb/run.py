@@ -322,8 +322,8 @@ def _train(cfg: RunConfig, model: SoftHebbNet, data: _Data, rec: _Recorder, ckpt
     if cfg.hebb_epochs == 0 and cfg.random_bn == "data":
         calibrate_batchnorm(model, data.x_hebb)
     t_hebb = time.perf_counter()
-    if cfg.probe_augmentation or model.probe_grids:
-        cache = None  # augmented or multi-block features cannot come from it: free its buffer before they are made
+    if cfg.probe_augmentation or not model.reads_last_block_only:
+        cache = None  # augmented, multi-block or mirrored features cannot come from it: free its buffer first
     rows = par.rows if par else (lambda t: t)  # the probe's features are sharded over ranks
     f_train, f_test = probe_features(model, cfg, rows(data.x_train), rows(data.x_test), data.workers, progress, cache)
     del cache  # the training features may be a view of its buffer, which they keep
