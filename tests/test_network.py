@@ -1,5 +1,6 @@
 """Presets build the paper's architectures (reference §3.2–3.3)."""
 
+from pathlib import Path
 
 import pytest
 import torch
@@ -66,12 +67,30 @@ def test_mirror_reads_the_mean_of_the_features_of_the_image_and_its_mirror():
         torch.testing.assert_close(model(x), model.classifier(expected))
 
 
+def test_mirror_refuses_inputs_that_are_not_images():
+    with pytest.raises(PresetError, match=r"needs \(channels, height, width\) inputs, got input shape \(20,\)"):
+        build_model({"blocks": [{"type": "linear", "out": 4}], "classifier": {"mirror": True}}, (20,), 3, seed=0)
+
+
 def test_the_mirror_and_concat_presets_learn_the_weights_of_the_paper_preset():
     """They change what the classifier reads, not the Hebbian network: same initial weights for the same seed."""
     paper = build_model("4SoftHebbCnnCIFAR", CIFAR, 10, seed=3).blocks.state_dict()
     for name in ("4SoftHebbCnnCIFAR_mirror", "4SoftHebbCnnCIFAR_concat"):
         ours = build_model(name, CIFAR, 10, seed=3).blocks.state_dict()
         assert ours.keys() == paper.keys() and all(torch.equal(ours[k], paper[k]) for k in paper)
+
+
+@pytest.mark.parametrize("name, changed", [
+    ("4HardCnnCIFAR_b2pad1avg", [{}, {}, {"padding": 1, "pool": "avg_2_2_0"}]),
+    ("4HardCnnCIFAR_softTokens", [{"rule": "soft", "t_invert": t} for t in (1, 0.8, 0.5)]),
+])
+def test_hard_wta_variant_files_change_only_what_they_say(name, changed):
+    """The Hard-WTA variants of docs/RESULTS.md are 4HardCnnCIFAR with a few fields changed, nothing else."""
+    base = get_preset("4HardCnnCIFAR")
+    variant = get_preset(str(Path(__file__).parents[1] / "scripts" / "hard_wta" / f"{name}.json"))
+    assert len(variant["blocks"]) == len(base["blocks"]) and variant["classifier"] == base["classifier"]
+    for b, v, c in zip(base["blocks"], variant["blocks"], changed):
+        assert {k: x for k, x in v.items() if b.get(k) != x} == c
 
 
 def test_every_preset_resolves_and_all_paper_families_exist():

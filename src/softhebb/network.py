@@ -341,6 +341,9 @@ class SoftHebbNet(nn.Module):
         self.feature_shape = shapes[-1] if shapes else tuple(in_shape)
         self.probe_grids = {i: b["probe_grid"] for i, b in enumerate(preset["blocks"]) if b.get("probe_grid")}
         self.mirror = preset["classifier"]["mirror"]
+        if self.mirror and len(self.in_shape) != 3:
+            raise PresetError(f"preset {preset.get('name', '?')!r} classifier: 'mirror' flips images left-right, so it "
+                              f"needs (channels, height, width) inputs, got input shape {self.in_shape}")
         n_features = sum(n for _, n in probe_inputs(preset, in_shape))
         self.dropout = Dropout(preset["classifier"]["dropout"])
         self.classifier = nn.Linear(n_features, num_classes)
@@ -370,7 +373,7 @@ class SoftHebbNet(nn.Module):
         the classes of natural images do not change in a mirror, so the probe need not learn both orientations).
         ``apply(block, x)`` runs one block (default ``block(x)``; feature extraction picks memory layouts)."""
         if self.mirror:
-            return self._read(x, apply).add_(self._read(x.flip(-1), apply)).mul_(0.5)
+            return (self._read(x, apply) + self._read(x.flip(-1), apply)) * 0.5  # not in place: gradients may flow
         return self._read(x, apply)
 
     @property
