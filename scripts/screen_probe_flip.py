@@ -14,15 +14,13 @@ import sys
 import time
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from softhebb.batching import as_input
 from softhebb.data import load_dataset
 from softhebb.features import frozen_forward
-from softhebb.modules import Dropout
-from softhebb.probe import train_probe
 from softhebb.rundir import load_run
+from screen_common import paper_probe
 
 torch.set_num_threads(2)
 run_dir, variants = sys.argv[1], sys.argv[2].split(",")
@@ -52,15 +50,6 @@ ftr, fte = feats(tr.images), feats(te.images)
 print(f"features {time.time() - t:.0f}s", tuple(ftr.shape), flush=True)
 
 
-class Head(nn.Module):
-    def __init__(self, n):
-        super().__init__()
-        self.dropout, self.classifier = Dropout(0.5), nn.Linear(n, 10)
-
-    def head(self, f):
-        return self.classifier(self.dropout(f.flatten(1)))
-
-
 def mean_view(f: torch.Tensor) -> torch.Tensor:
     return ((f[0].float() + f[1].float()) / 2).to(torch.bfloat16)
 
@@ -68,9 +57,5 @@ def mean_view(f: torch.Tensor) -> torch.Tensor:
 for v in variants:
     train = {"plain": ftr[0], "views": ftr, "views+mean": ftr, "mean": mean_view(ftr)}[v]
     test = fte[0] if v in ("plain", "views") else mean_view(fte)
-    torch.manual_seed(0)
-    h = Head(ftr.shape[-1])
-    t = time.time()
-    r = train_probe(h, train, tr.labels, test, te.labels, epochs=50, batch_size=64, lr=1e-3, seed=0, progress=False)
-    print(json.dumps({"variant": v, "concat": concat, "features": ftr.shape[-1], **r,
-                      "seconds": round(time.time() - t)}), flush=True)
+    r = paper_probe(train, tr.labels, test, te.labels)
+    print(json.dumps({"variant": v, "concat": concat, "features": ftr.shape[-1], **r}), flush=True)

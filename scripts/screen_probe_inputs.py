@@ -13,15 +13,13 @@ import sys
 import time
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from softhebb.batching import as_input
 from softhebb.data import load_dataset
 from softhebb.features import frozen_forward
-from softhebb.modules import Dropout
-from softhebb.probe import train_probe
 from softhebb.rundir import load_run
+from screen_common import paper_probe
 
 torch.set_num_threads(2)
 run_dir, variants = sys.argv[1], sys.argv[2].split(",")
@@ -48,15 +46,6 @@ ftr, fte = feats(tr.images), feats(te.images)
 print(f"features {time.time() - t:.0f}s", {k: tuple(v.shape) for k, v in ftr.items()}, flush=True)
 
 
-class Head(nn.Module):
-    def __init__(self, n):
-        super().__init__()
-        self.dropout, self.classifier = Dropout(0.5), nn.Linear(n, 10)
-
-    def head(self, f):
-        return self.classifier(self.dropout(f.flatten(1)))
-
-
 for v in variants:
     parts, norm = v.split(":")[0].split("+"), (v.split(":")[1] if ":" in v else "none")
     a = torch.cat([ftr[p] for p in parts], 1) if len(parts) > 1 else ftr[parts[0]].clone()
@@ -77,9 +66,6 @@ for v in variants:
         sc = a.norm(dim=1).mean()
         a.div_(a.norm(dim=1, keepdim=True)).mul_(sc)
         b.div_(b.norm(dim=1, keepdim=True)).mul_(sc)
-    torch.manual_seed(0)
-    h = Head(a.shape[1])
-    t = time.time()
-    r = train_probe(h, a, tr.labels, b, te.labels, epochs=50, batch_size=64, lr=1e-3, seed=0, progress=False)
-    print(json.dumps({"variant": v, "features": a.shape[1], **r, "seconds": round(time.time() - t)}), flush=True)
+    r = paper_probe(a, tr.labels, b, te.labels)
+    print(json.dumps({"variant": v, "features": a.shape[1], **r}), flush=True)
     del a, b

@@ -13,13 +13,11 @@ import sys
 import time
 
 import torch
-import torch.nn as nn
 
 from softhebb.data import load_dataset
 from softhebb.features import extract_features
-from softhebb.modules import Dropout
-from softhebb.probe import train_probe
 from softhebb.rundir import load_run
+from screen_common import paper_probe
 
 torch.set_num_threads(2)
 run_dir, names = sys.argv[1], sys.argv[2].split(",")
@@ -34,15 +32,6 @@ print(json.dumps({"features_s": round(time.time() - t), "mean_abs": ftr.abs().me
                   "dead": int((var == 0).sum())}), flush=True)
 
 
-class Head(nn.Module):
-    def __init__(self, n):
-        super().__init__()
-        self.dropout, self.classifier = Dropout(0.5), nn.Linear(n, 10)
-
-    def head(self, f):
-        return self.classifier(self.dropout(f.flatten(1)))
-
-
 def zscore(f: torch.Tensor) -> torch.Tensor:
     return (f - mu) / (var + 1e-4 * var.mean()).sqrt()
 
@@ -52,8 +41,5 @@ VARIANTS = {"plain": (lambda f: f, 1e-3), "global": (lambda f: f / scale, 1e-3),
             "zscore_lr1e-4": (zscore, 1e-4)}
 for name in names:
     fn, lr = VARIANTS[name]
-    torch.manual_seed(0)
-    h = Head(ftr.shape[1])
-    t = time.time()
-    r = train_probe(h, fn(ftr), tr.labels, fn(fte), te.labels, epochs=50, batch_size=64, lr=lr, seed=0, progress=False)
-    print(json.dumps({"variant": name, **r, "seconds": round(time.time() - t)}), flush=True)
+    r = paper_probe(fn(ftr), tr.labels, fn(fte), te.labels, lr=lr)
+    print(json.dumps({"variant": name, **r}), flush=True)

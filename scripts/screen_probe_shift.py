@@ -13,15 +13,13 @@ import sys
 import time
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from softhebb.batching import as_input
 from softhebb.data import load_dataset
 from softhebb.features import frozen_forward
-from softhebb.modules import Dropout
-from softhebb.probe import train_probe
 from softhebb.rundir import load_run
+from screen_common import paper_probe
 
 torch.set_num_threads(2)
 run_dir = sys.argv[1]
@@ -59,15 +57,6 @@ n_feat = next(iter(ftr.values())).shape[1]
 print(f"features {time.time() - t:.0f}s, {len(offsets)} offsets, {n_feat} features", flush=True)
 
 
-class Head(nn.Module):
-    def __init__(self, n):
-        super().__init__()
-        self.dropout, self.classifier = Dropout(0.5), nn.Linear(n, 10)
-
-    def head(self, f):
-        return self.classifier(self.dropout(f.flatten(1)))
-
-
 def mean_of(f: dict, v: list) -> torch.Tensor:
     total = f[v[0]].float()
     for o in v[1:]:
@@ -76,9 +65,5 @@ def mean_of(f: dict, v: list) -> torch.Tensor:
 
 
 for v in variants:
-    torch.manual_seed(0)
-    h = Head(n_feat)
-    t = time.time()
-    r = train_probe(h, mean_of(ftr, v), tr.labels, mean_of(fte, v), te.labels, epochs=50, batch_size=64, lr=1e-3,
-                    seed=0, progress=False)
-    print(json.dumps({"shifts": [list(o) for o in v], **r, "seconds": round(time.time() - t)}), flush=True)
+    r = paper_probe(mean_of(ftr, v), tr.labels, mean_of(fte, v), te.labels)
+    print(json.dumps({"shifts": [list(o) for o in v], **r}), flush=True)
